@@ -1,0 +1,141 @@
+"""The backend contract, and the adapter for packages written for the original runtime."""
+
+from __future__ import annotations
+
+import socket
+import traceback
+from typing import Any
+
+from modelserve.errors import ModelLoadError
+
+
+class Backend:
+    """Subclass this in `algopkg/<Package>/backend.py` and name the class in conf.ini.
+
+    The runtime creates one instance per replica, calls `load` once with the
+    model files of the section, then `infer` for each request's JSON params.
+    Every hook has a default; only `infer` is required.
+
+    Example:
+        ```python
+        import numpy as np
+        from modelserve import Backend, BadRequest
+
+        class Classifier(Backend):
+            def load(self, model_paths):
+                self.weights = np.load(model_paths[0])
+
+            def infer(self, params):
+                if "x" not in params:
+                    raise BadRequest("params need 'x'")
+                return {"score": float(np.dot(self.weights, params["x"]))}
+        ```
+    """
+
+    #: Returned as `info` in every response.
+    info: Any = f"Result from {socket.gethostname()}"
+
+    def load(self, model_paths: list[str]) -> None:
+        """Load the model files (absolute paths, in conf.ini order). Raise if they can't be loaded."""
+
+    def infer(self, params: dict[str, Any]) -> Any:
+        """Answer one request; the return value (JSON-serializable, numpy allowed) is `result`."""
+        raise NotImplementedError(f"{type(self).__name__} must define infer(self, params)")
+
+    def infer_batch(self, batch: list[dict[str, Any]]) -> list[Any]:
+        """Answer several requests at once; return one result per params, in order.
+
+        Override it to batch on the accelerator; the runtime then groups
+        concurrent requests (conf.ini `max_batch_size`, `batch_wait_ms`).
+        """
+        return [self.infer(params) for params in batch]
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Take a new conf.ini `user_config` without restarting the replica."""
+
+    def check_health(self) -> None:
+        """Raise if the replica is no longer fit to serve; Ray Serve then replaces it."""
+
+
+def has_batch_method(backend: Backend) -> bool:
+    return type(backend).infer_batch is not Backend.infer_batch
+
+
+class _LegacyBackend(Backend):
+    """Runs a class written for the original runtime, unchanged.
+
+    Such a class takes `model_path = "<zoo>,<file1>,..."` in `__init__`, which
+    catches and prints any load error. We watch its `_model_init` to know
+    whether the model really loaded, so a failed load is never reported healthy.
+    """
+
+    def __init__(self, cls: type, model_zoo: str, model_files: list[str]) -> None:
+        self._cls = cls
+        self._model_path = ",".join([model_zoo, *model_files]) if model_files else ""
+        self._instance: Any = None
+
+    def load(self, model_paths: list[str]) -> None:
+        instance = self._cls.__new__(self._cls)
+        outcome: dict[str, str] = {}
+        model_init = getattr(instance, "_model_init", None)
+        if model_init is not None:
+
+            def watched_model_init(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    value = model_init(*args, **kwargs)
+                except BaseException:
+                    outcome["error"] = traceback.format_exc()
+                    raise
+                outcome["ok"] = "yes"
+                return value
+
+            instance._model_init = watched_model_init
+        try:
+            instance.__init__(self._model_path)
+        except Exception as exc:
+            raise ModelLoadError(f"{self._cls.__name__}.__init__ failed: {exc!r}") from exc
+        if model_init is not None and "ok" not in outcome:
+            detail = outcome.get("error") or "_model_init was never reached (a model file is missing?)"
+            raise ModelLoadError(f"{self._cls.__name__} did not load its model:\n{detail}")
+        self._instance = instance
+        self.info = getattr(instance, "info_msg", Backend.info)
+
+    def infer(self, params: dict[str, Any]) -> Any:
+        return self._instance._model_inference(params)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        hook = getattr(self._instance, "reconfigure", None)
+        if hook is not None:
+            hook(config)
+
+    def check_health(self) -> None:
+        hook = getattr(self._instance, "check_health", None)
+        if hook is not None:
+            hook()
+
+
+def create_backend(cls: type, model_zoo: str, model_files: list[str]) -> Backend:
+    """Instantiate and load a backend class, new-style or original-style.
+
+    Raises:
+        ModelLoadError: the model did not load; the message carries the cause.
+        TypeError: the class follows neither contract.
+    """
+    paths = [f"{model_zoo.rstrip('/')}/{name}" for name in model_files]
+    backend: Backend
+    if isinstance(cls, type) and issubclass(cls, Backend):
+        backend = cls()
+    elif hasattr(cls, "_model_inference"):
+        backend = _LegacyBackend(cls, model_zoo, model_files)
+    else:
+        raise TypeError(
+            f"{getattr(cls, '__name__', cls)!r} is not a backend: subclass modelserve.Backend "
+            "(define infer) or define _model_inference as in the original template"
+        )
+    try:
+        backend.load(paths)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"{type(backend).__name__}.load failed: {exc!r}") from exc
+    return backend

@@ -1,0 +1,165 @@
+"""`python controller.py [apply|check|status|down] [-c FILE]`: each subcommand a few calls."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from modelserve import plan, status
+from modelserve.cluster import Cluster, ClusterError, resolve_dashboard, stop_local_head
+from modelserve.config import Config, ConfigError, load_config
+from modelserve.packaging import files_digest, staged_package
+
+EXIT_UNHEALTHY = 1
+EXIT_CONFIG = 2
+EXIT_CLUSTER = 3
+
+
+def _state_dir(config_path: str) -> Path:
+    return Path(config_path).resolve().parent / ".modelserve"
+
+
+def _base_url(config: Config, dashboard_url: str) -> str:
+    host = config.serve.host
+    if host in ("0.0.0.0", "::", ""):
+        host = urlparse(dashboard_url).hostname or "127.0.0.1"
+    return f"http://{host}:{config.serve.port}"
+
+
+def _artifacts(config: Config, cluster: Cluster) -> plan.Artifacts:
+    uris = {}
+    for package in sorted({s.package for s in config.sections}):
+        with staged_package(config.algopkg_dir, package) as staged:
+            uris[package] = cluster.upload(staged)
+    digests = {s.section: files_digest(config.model_zoo / f for f in s.model_files) for s in config.sections}
+    return plan.Artifacts(package_uri=uris, model_digest=digests)
+
+
+def _running_configs(details: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    apps = details.get("applications") or {}
+    return {name: app.get("deployed_app_config") or {} for name, app in apps.items()}
+
+
+def _check_http_options(config: Config, details: dict[str, Any]) -> None:
+    running = details.get("http_options") or {}
+    if details.get("applications") and running.get("port") not in (None, config.serve.port):
+        print(
+            f"warning: Serve on this cluster already listens on port {running['port']}; "
+            f"[MODEL SERVE] port = {config.serve.port} takes effect after `controller.py down`",
+            file=sys.stderr,
+        )
+
+
+def _wait(cluster: Cluster, apps: list[str], gone: list[str], timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    time.sleep(0.5)
+    while True:
+        details = cluster.details()
+        running = details.get("applications") or {}
+        leaving = [g for g in gone if g in running and running[g].get("status") != "DELETING"]
+        done = all(status.settled(running.get(a)) for a in apps) and not leaving
+        if done or time.monotonic() > deadline:
+            return details
+        time.sleep(0.5)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    routes = ", ".join(f"/{s.route}" for s in config.sections) or "no sections"
+    print(f"{config.path}: OK ({len(config.sections)} section(s): {routes})")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    dashboard = resolve_dashboard(config.serve, _state_dir(args.config), start=True)
+    assert dashboard is not None
+    cluster = Cluster(dashboard)
+    before = cluster.details()
+    _check_http_options(config, before)
+    desired = plan.deploy_config(config, _artifacts(config, cluster))
+    changes = plan.diff(desired, _running_configs(before))
+    for change in changes:
+        print(f"{change.action:>16}  {change.app}")
+    cluster.apply(desired)
+    names = [s.app_name for s in config.sections]
+    gone = [c.app for c in changes if c.action == "remove"]
+    details = _wait(cluster, names, gone, config.serve.deploy_timeout_s)
+    return _report(status.rows(details, _base_url(config, dashboard), names))
+
+
+def _report(rows: list[status.Row]) -> int:
+    print(status.table(rows))
+    failed = [r for r in rows if not r.healthy]
+    for row in failed:
+        print(f"\n[{row.section}] is {row.status}:\n{row.message or '(no message from the cluster)'}", file=sys.stderr)
+    return EXIT_UNHEALTHY if failed else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    dashboard = resolve_dashboard(config.serve, _state_dir(args.config), start=False)
+    if dashboard is None:
+        print("no Ray cluster is running; `python controller.py` starts one")
+        return EXIT_UNHEALTHY
+    return _report(status.rows(Cluster(dashboard).details(), _base_url(config, dashboard)))
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    state_dir = _state_dir(args.config)
+    if args.stop_cluster and stop_local_head(state_dir):
+        print("stopped the local Ray cluster and everything it served")
+        return 0
+    dashboard = resolve_dashboard(config.serve, state_dir, start=False)
+    if dashboard is None:
+        print("no Ray cluster is running; nothing to remove")
+        return 0
+    cluster = Cluster(dashboard)
+    apps = list(cluster.details().get("applications") or {})
+    cluster.apply({"applications": []})
+    _wait(cluster, [], apps, config.serve.deploy_timeout_s)
+    print(f"removed {len(apps)} section(s) from {dashboard}")
+    if args.stop_cluster:
+        print("the cluster was not started by this controller; it keeps running")
+    return 0
+
+
+COMMANDS = {"apply": cmd_apply, "check": cmd_check, "status": cmd_status, "down": cmd_down}
+
+
+def parser() -> argparse.ArgumentParser:
+    config_help = "conf.ini to use (default: conf.ini)"
+    main = argparse.ArgumentParser(prog="controller.py", description="Serve algorithm packages as conf.ini says.")
+    main.add_argument("-c", "--config", default="conf.ini", help=config_help)
+    sub = main.add_subparsers(dest="command", metavar="{apply,check,status,down}")
+    helps = {
+        "apply": "validate, then make the cluster match the file (default)",
+        "check": "validate the file only; touches no cluster",
+        "status": "show what runs now",
+        "down": "remove every deployed section",
+    }
+    for name, text in helps.items():
+        cmd = sub.add_parser(name, help=text, description=text)
+        cmd.add_argument("-c", "--config", default=argparse.SUPPRESS, help=config_help)
+        if name == "down":
+            cmd.add_argument("--stop-cluster", action="store_true", help="also stop the local cluster we started")
+    return main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    command = COMMANDS[args.command or "apply"]
+    try:
+        return command(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ClusterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CLUSTER

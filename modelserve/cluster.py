@@ -1,0 +1,297 @@
+"""The one place that talks to Ray: find or start a cluster, upload, apply, read status.
+
+Everything goes through the dashboard's REST API (the one `serve deploy` uses),
+so the controller never joins the cluster as a driver. A local head started
+here runs `ray start --head --block` in its own process group; stopping it
+stops exactly that group, never other clusters on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from modelserve.config import ServeSettings
+
+STATE_FILE = "cluster.json"
+#: Ray reads these when its processes start: they select the fast ingress.
+FAST_INGRESS_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot be reached, started or changed; the message says what to do."""
+
+
+@dataclass
+class LocalHead:
+    """A head node this controller started (saved in `.modelserve/cluster.json`)."""
+
+    pid: int
+    dashboard_url: str
+    gcs_address: str
+    log_path: str
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def use_token_if_available() -> bool:
+    """Turn on Ray token auth for this process when a token exists (the default for our heads)."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return os.environ["RAY_AUTH_MODE"] == "token"
+    token_path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or Path(token_path).is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+        from ray._raylet import Config  # Ray caches the mode it read at import: refresh it
+
+        Config.initialize("")
+        return True
+    return False
+
+
+def ensure_token() -> None:
+    """Make sure a Ray auth token exists (generated once, in Ray's default place)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if not path.is_file():
+        import secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32))
+
+
+def dashboard_answers(url: str, timeout_s: float = 1.0) -> bool:
+    try:
+        return requests.get(f"{url}/api/version", timeout=timeout_s).status_code in (200, 401, 403)
+    except requests.RequestException:
+        return False
+
+
+def _ray_executable() -> str:
+    beside = Path(sys.executable).parent / "ray"
+    found = str(beside) if beside.exists() else shutil.which("ray")
+    if not found:
+        raise ClusterError("the `ray` command was not found; install ray[serve] into this environment")
+    return found
+
+
+def head_command(
+    gcs_port: int, dashboard_port: int, num_cpus: int | None, num_gpus: int | None, temp_dir: str | None = None
+) -> list[str]:
+    """`ray start --head` bound to loopback, with every internal port chosen free."""
+    cmd = [_ray_executable(), "start", "--head", "--block", "--disable-usage-stats"]
+    cmd += ["--node-ip-address=127.0.0.1", f"--port={gcs_port}"]
+    cmd += ["--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"]
+    for flag in (
+        "ray-client-server-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "metrics-export-port",
+        "runtime-env-agent-port",
+    ):
+        cmd.append(f"--{flag}={free_port()}")
+    if num_cpus is not None:
+        cmd.append(f"--num-cpus={num_cpus}")
+    if num_gpus is not None:
+        cmd.append(f"--num-gpus={num_gpus}")
+    if temp_dir:
+        cmd.append(f"--temp-dir={temp_dir}")
+    return cmd
+
+
+def node_env(ingress: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    env["RAY_AUTH_MODE"] = "token"
+    for key in FAST_INGRESS_ENV:
+        env.pop(key, None)
+    if ingress == "fast":
+        env.update(FAST_INGRESS_ENV)
+    return env
+
+
+def start_local_head(settings: ServeSettings, state_dir: Path, timeout_s: float = 90.0) -> LocalHead:
+    """Start a head node on loopback, with token auth, and wait for its dashboard."""
+    ensure_token()
+    use_token_if_available()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    gcs_port = 6379 if not _port_in_use(6379) else free_port()
+    if _port_in_use(settings.dashboard_port):
+        raise ClusterError(
+            f"[MODEL SERVE] dashboard_port = {settings.dashboard_port} is taken by something that is not a "
+            "Ray dashboard; choose another port"
+        )
+    cmd = head_command(gcs_port, settings.dashboard_port, settings.local_cpus, settings.local_gpus)
+    log_path = state_dir / "ray-head.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=node_env(settings.ingress),
+            start_new_session=True,
+        )
+    head = LocalHead(proc.pid, f"http://127.0.0.1:{settings.dashboard_port}", f"127.0.0.1:{gcs_port}", str(log_path))
+    deadline = time.monotonic() + timeout_s
+    while not dashboard_answers(head.dashboard_url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_session(proc.pid)
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise ClusterError(f"the local Ray head did not start; its log ({log_path}) ends with:\n{tail}")
+        time.sleep(0.5)
+    (state_dir / STATE_FILE).write_text(json.dumps(asdict(head), indent=2))
+    return head
+
+
+def read_local_head(state_dir: Path) -> LocalHead | None:
+    try:
+        head = LocalHead(**json.loads((state_dir / STATE_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    return head if head.alive() else None
+
+
+def _session_members(sid: int) -> list[int]:
+    """Live processes of a session (zombies, which no signal ends, do not count). Linux /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def stop_session(sid: int, grace_s: float = 5.0) -> None:
+    """Stop every process of the session led by `sid`: SIGTERM, then SIGKILL after `grace_s`.
+
+    A head started with `start_new_session=True` leads a session that holds all
+    of its processes, including workers Ray puts in process groups of their own.
+    """
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        for pid in _session_members(sid) or [sid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(sid, os.WNOHANG)
+            if not _session_members(sid):
+                return
+            time.sleep(0.2)
+
+
+def stop_local_head(state_dir: Path) -> bool:
+    head = read_local_head(state_dir)
+    (state_dir / STATE_FILE).unlink(missing_ok=True)
+    if head is None:
+        return False
+    stop_session(head.pid)
+    return True
+
+
+def _dashboard_from_gcs(gcs_address: str) -> str:
+    """The dashboard URL of a cluster known by its GCS address (joins briefly as a driver)."""
+    import ray
+
+    try:
+        context = ray.init(address=gcs_address, log_to_driver=False, logging_level="ERROR")
+        url = context.dashboard_url
+    except Exception as exc:
+        raise ClusterError(f"cannot connect to the Ray cluster at {gcs_address}: {exc}") from exc
+    finally:
+        ray.shutdown()
+    if not url:
+        raise ClusterError(f"the Ray cluster at {gcs_address} runs no dashboard; start its head with one")
+    return url if "://" in url else f"http://{url}"
+
+
+def resolve_dashboard(settings: ServeSettings, state_dir: Path, start: bool) -> str | None:
+    """Where the cluster's dashboard is, per `[MODEL SERVE] address`; starts a head if allowed."""
+    address = settings.address
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS", "") or "local"
+    if address.startswith(("http://", "https://")):
+        return address.rstrip("/")
+    if address != "local":
+        return _dashboard_from_gcs(address)
+    head = read_local_head(state_dir)
+    if head is not None:
+        return head.dashboard_url
+    default = f"http://127.0.0.1:{settings.dashboard_port}"
+    if dashboard_answers(default):
+        return default
+    if not start:
+        return None
+    return start_local_head(settings, state_dir).dashboard_url
+
+
+class Cluster:
+    """A connection to one cluster's dashboard: upload packages, apply, read, delete."""
+
+    def __init__(self, dashboard_url: str) -> None:
+        from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+        use_token_if_available()
+        self.dashboard_url = dashboard_url
+        try:
+            self._client = ServeSubmissionClient(dashboard_url)
+        except Exception as exc:
+            raise ClusterError(f"cannot reach the Ray dashboard at {dashboard_url}: {exc}") from exc
+
+    def upload(self, staged_dir: Path) -> str:
+        """Upload a directory as a py_module (skipped when that content is there already)."""
+        uri: str = self._client._upload_package_if_needed(
+            str(staged_dir), include_gitignore=False, include_parent_dir=True
+        )
+        return uri
+
+    def apply(self, deploy_config: Mapping[str, Any]) -> None:
+        try:
+            self._client.deploy_applications(dict(deploy_config))
+        except Exception as exc:
+            raise ClusterError(f"the cluster refused the configuration: {exc}") from exc
+
+    def details(self) -> dict[str, Any]:
+        try:
+            return self._client.get_serve_details()  # type: ignore[no-any-return]
+        except Exception as exc:
+            raise ClusterError(f"cannot read Serve status from {self.dashboard_url}: {exc}") from exc
+
+    def delete_all(self) -> None:
+        self._client.delete_applications()

@@ -1,0 +1,52 @@
+"""Errors that carry their HTTP status; `envelope.failure` turns them into JSON."""
+
+from __future__ import annotations
+
+
+class ModelServeError(Exception):
+    """Base of every error modelserve raises on purpose.
+
+    A backend may raise `BadRequest("x must have 64 values")` to answer 400
+    instead of 500.
+    """
+
+    status_code = 500
+    error_type = "InternalError"
+
+
+class BadRequest(ModelServeError):
+    """The request is wrong: malformed JSON, missing or invalid params (400)."""
+
+    status_code = 400
+    error_type = "BadRequest"
+
+
+class NotFound(ModelServeError):
+    """No such path under this route (404)."""
+
+    status_code = 404
+    error_type = "NotFound"
+
+
+class MethodNotAllowed(ModelServeError):
+    """The section does not accept this HTTP method (405)."""
+
+    status_code = 405
+    error_type = "MethodNotAllowed"
+
+    def __init__(self, method: str, allowed: tuple[str, ...]) -> None:
+        self.allowed = allowed
+        super().__init__(f"{method} is not accepted here; use {', '.join(allowed)} (see `method` in conf.ini)")
+
+
+class ModelError(ModelServeError):
+    """The backend raised while answering a request (500)."""
+
+    status_code = 500
+    error_type = "ModelError"
+
+
+class ModelLoadError(ModelServeError):
+    """The backend could not load its model; the replica must not take traffic."""
+
+    error_type = "ModelLoadError"

@@ -1,0 +1,133 @@
+"""The replica: loads one section's backend and answers its HTTP requests.
+
+Path under the section's route: `/` runs the model, `/ping` answers once the
+model is loaded (and warmed up). Every answer is an `envelope`; errors are
+logged with their traceback under the request id and answered without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import Response
+
+from modelserve import envelope
+from modelserve.backend import Backend, create_backend, has_batch_method
+from modelserve.errors import MethodNotAllowed, ModelError, ModelLoadError, ModelServeError, NotFound
+
+logger = logging.getLogger("ray.serve")
+
+
+def load_backend_class(package: str, class_name: str) -> type:
+    module = importlib.import_module(f"algopkg.{package}.backend")
+    return getattr(module, class_name)  # type: ignore[no-any-return]
+
+
+def read_warmup(path: Path) -> list[dict[str, Any]]:
+    """Warm-up requests: a JSON object (one request), a list of them, or {"params": ..., "repeat": N}."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict) and "params" in data:
+        return [data["params"]] * int(data.get("repeat", 1))
+    requests = data if isinstance(data, list) else [data]
+    if not all(isinstance(r, dict) for r in requests):
+        raise ModelLoadError(f"{path}: warm-up requests must be JSON objects of params")
+    return requests
+
+
+class ModelReplica:
+    """One replica of one conf.ini section (a Ray Serve deployment class)."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self._methods: tuple[str, ...] = tuple(spec["methods"])
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        cls = load_backend_class(spec["package"], spec["backend"])
+        self._backend: Backend = create_backend(cls, spec["model_zoo"], list(spec["model_files"]))
+        self._batched = has_batch_method(self._backend)
+        self._max_batch_size = 1
+        self.warmed_up = 0
+        if spec.get("warmup"):
+            package_dir = Path(importlib.import_module(f"algopkg.{spec['package']}").__path__[0])
+            self._warm_up(package_dir / spec["warmup"])
+
+    def _warm_up(self, path: Path) -> None:
+        for params in read_warmup(path):
+            try:
+                self._backend.infer(params)
+            except Exception as exc:
+                raise ModelLoadError(f"warm-up request {params!r} failed: {exc!r}") from exc
+            self.warmed_up += 1
+        if self._batched and self.warmed_up:
+            self._backend.infer_batch(read_warmup(path))
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Ray Serve calls this with `user_config` at start and on every in-place update."""
+        self._max_batch_size = int(config.get("max_batch_size", 1))
+        self._batch_wait_s = float(config.get("batch_wait_ms", 0)) / 1000
+        self._infer_batched.set_max_batch_size(self._max_batch_size)
+        self._infer_batched.set_batch_wait_timeout_s(self._batch_wait_s)
+        self._backend.reconfigure(dict(config.get("user", {})))
+
+    def check_health(self) -> None:
+        self._backend.check_health()
+
+    async def __call__(self, request: Request) -> Response:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        try:
+            result = await self._route(request, request_id)
+            body = envelope.success(result, self._backend.info, request_id)
+            return Response(envelope.dumps(body), media_type="application/json")
+        except ModelServeError as exc:
+            return self._error(exc, request_id)
+        except Exception:
+            logger.exception("request %s: unexpected error", request_id)
+            return self._error(ModelError(f"internal error; see the replica log for request {request_id}"), request_id)
+
+    async def _route(self, request: Request, request_id: str) -> Any:
+        path = request.scope["path"]
+        root = request.scope.get("root_path", "")
+        sub = path[len(root) :] if root and path.startswith(root) else path
+        sub = sub.rstrip("/")
+        if sub == "/ping":
+            return "pong"
+        if sub:
+            raise NotFound(f"no such path {path!r}; POST or GET params to {root or '/'}, or GET {root}/ping")
+        if request.method not in self._methods:
+            raise MethodNotAllowed(request.method, self._methods)
+        params = envelope.parse_params(await request.body(), request.query_params)
+        if self._batched and self._max_batch_size > 1:
+            return await self._infer_batched(params, request_id)
+        return await self._run(self._backend.infer, params, request_id)
+
+    async def _run(self, fn: Callable[[Any], Any], arg: Any, request_id: str) -> Any:
+        """Run model code on the replica's one model thread, so the event loop stays free."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, fn, arg)
+        except ModelServeError:
+            raise
+        except Exception as exc:
+            logger.error("request %s: the backend raised", request_id, exc_info=exc)
+            raise ModelError(f"the model failed on this request: {type(exc).__name__}: {exc}") from exc
+
+    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
+    async def _infer_batched(self, batch: list[dict[str, Any]], request_ids: list[str]) -> list[Any]:
+        results = await self._run(self._backend.infer_batch, batch, ",".join(request_ids))
+        if not isinstance(results, list) or len(results) != len(batch):
+            size = len(results) if isinstance(results, list) else type(results).__name__
+            raise ModelError(f"infer_batch returned {size} results for a batch of {len(batch)}; return one per request")
+        return results
+
+    def _error(self, exc: ModelServeError, request_id: str) -> Response:
+        headers = {"Allow": ", ".join(exc.allowed)} if isinstance(exc, MethodNotAllowed) else None
+        body = envelope.dumps(envelope.failure(exc, request_id))
+        return Response(body, status_code=exc.status_code, media_type="application/json", headers=headers)

@@ -1,0 +1,102 @@
+"""Serve's details (the dashboard's JSON) -> one row per section, and the table we print. Pure."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+HEALTHY = "HEALTHY"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_FAILED_APP = {"DEPLOY_FAILED", "UNHEALTHY"}
+_SETTLED_DEPLOYMENT = {"HEALTHY", "UNHEALTHY", "DEPLOY_FAILED"}
+
+
+@dataclass(frozen=True)
+class Row:
+    section: str
+    url: str
+    ready: int
+    target: int
+    status: str
+    message: str = ""
+    nodes: tuple[str, ...] = ()
+
+    @property
+    def healthy(self) -> bool:
+        return self.status == HEALTHY
+
+
+def _deployment(app: Mapping[str, Any]) -> Mapping[str, Any]:
+    deployments = app.get("deployments") or {}
+    return next(iter(deployments.values()), {})
+
+
+def app_row(name: str, app: Mapping[str, Any], base_url: str) -> Row:
+    """One row for one Serve application (one conf.ini section)."""
+    config = app.get("deployed_app_config") or {}
+    section = (config.get("args") or {}).get("section") or name
+    deployment = _deployment(app)
+    replicas = deployment.get("replicas") or []
+    running = [r for r in replicas if r.get("state") == "RUNNING"]
+    app_status = app.get("status", "UNKNOWN")
+    dep_status = deployment.get("status", "")
+    if app_status == "RUNNING" and dep_status == "HEALTHY":
+        status = HEALTHY
+    elif app_status in _FAILED_APP or dep_status in ("UNHEALTHY", "DEPLOY_FAILED"):
+        status = dep_status if dep_status in ("UNHEALTHY", "DEPLOY_FAILED") else app_status
+    else:
+        status = app_status if app_status != "RUNNING" else dep_status or app_status
+    message = _ANSI.sub("", deployment.get("message") or app.get("message") or "")
+    route = app.get("route_prefix") or config.get("route_prefix") or ""
+    nodes = tuple(sorted({str(r.get("node_ip") or r.get("node_id", "?")) for r in running}))
+    return Row(
+        section=section,
+        url=f"{base_url}{route}",
+        ready=len(running),
+        target=int(deployment.get("target_num_replicas", 0) or 0),
+        status=status,
+        message=message,
+        nodes=nodes,
+    )
+
+
+def rows(details: Mapping[str, Any], base_url: str, only: Iterable[str] | None = None) -> list[Row]:
+    apps = details.get("applications") or {}
+    names = list(only) if only is not None else sorted(apps)
+    result = []
+    for name in names:
+        app = apps.get(name)
+        if app is None:
+            result.append(Row(section=f"algopkg.{name}", url="", ready=0, target=0, status="MISSING"))
+        else:
+            result.append(app_row(name, app, base_url))
+    return result
+
+
+def settled(app: Mapping[str, Any] | None) -> bool:
+    """An app has finished deploying: healthy at its target, or failed."""
+    if app is None:
+        return False
+    status = app.get("status")
+    if status in _FAILED_APP:
+        return True
+    deployment = _deployment(app)
+    if status != "RUNNING" or deployment.get("status") not in _SETTLED_DEPLOYMENT:
+        return False
+    if deployment.get("status") != "HEALTHY":
+        return True
+    running = [r for r in deployment.get("replicas") or [] if r.get("state") == "RUNNING"]
+    return len(running) == int(deployment.get("target_num_replicas", 0) or 0)
+
+
+def table(rows_: Iterable[Row]) -> str:
+    header = ("SECTION", "URL", "REPLICAS", "STATUS", "NODES")
+    lines = [(r.section, r.url, f"{r.ready}/{r.target}", r.status, ",".join(r.nodes) or "-") for r in rows_]
+    if not lines:
+        return "no sections are deployed"
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=False)]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in [header, *lines]
+    )
