@@ -17,4 +17,4 @@ from modelserve.ingress import ModelReplica
 
 def build(args: dict[str, Any]) -> Application:
     deployment = serve.deployment(ModelReplica, name=args["deployment"])
-    return deployment.bind(args)
+    return deployment.bind(args)  # type: ignore[attr-defined]

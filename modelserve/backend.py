@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import traceback
-from typing import Any
+from typing import Any, cast
 
 from modelserve.errors import ModelLoadError
 
@@ -75,7 +75,7 @@ class _LegacyBackend(Backend):
         self._instance: Any = None
 
     def load(self, model_paths: list[str]) -> None:
-        instance = self._cls.__new__(self._cls)
+        instance = cast(Any, self._cls).__new__(self._cls)
         outcome: dict[str, str] = {}
         model_init = getattr(instance, "_model_init", None)
         if model_init is not None:

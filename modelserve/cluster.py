@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -68,16 +69,18 @@ def _port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
 def use_token_if_available() -> bool:
     """Turn on Ray token auth for this process when a token exists (the default for our heads)."""
-    if os.environ.get("RAY_AUTH_MODE"):
-        return os.environ["RAY_AUTH_MODE"] == "token"
-    token_path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
-    if os.environ.get("RAY_AUTH_TOKEN") or Path(token_path).is_file():
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is None:
+        token_path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+        if not (os.environ.get("RAY_AUTH_TOKEN") or Path(token_path).is_file()):
+            return False
         os.environ["RAY_AUTH_MODE"] = "token"
-        from ray._raylet import Config  # Ray caches the mode it read at import: refresh it
+    elif mode != "token":
+        return False
+    from ray._raylet import Config  # type: ignore[attr-defined]  # Ray caches the mode it read at import: refresh it
 
-        Config.initialize("")
-        return True
-    return False
+    Config.initialize("")
+    return True
 
 
 def ensure_token() -> None:
@@ -139,6 +142,10 @@ def node_env(ingress: str, base: Mapping[str, str] | None = None) -> dict[str, s
         env.pop(key, None)
     if ingress == "fast":
         env.update(FAST_INGRESS_ENV)
+        # HAProxy's stats and metrics listeners have fixed default ports (8404, 9101):
+        # give each head its own so several clusters can share a machine.
+        env.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
+        env.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
     return env
 
 
@@ -162,6 +169,7 @@ def start_local_head(settings: ServeSettings, state_dir: Path, timeout_s: float 
             stdout=log,
             stderr=log,
             env=node_env(settings.ingress),
+            cwd=state_dir,  # workers inherit it: keep the project's algopkg/ off their sys.path
             start_new_session=True,
         )
     head = LocalHead(proc.pid, f"http://127.0.0.1:{settings.dashboard_port}", f"127.0.0.1:{gcs_port}", str(log_path))
@@ -230,7 +238,7 @@ def _dashboard_from_gcs(gcs_address: str) -> str:
     import ray
 
     try:
-        context = ray.init(address=gcs_address, log_to_driver=False, logging_level="ERROR")
+        context = ray.init(address=gcs_address, log_to_driver=False, logging_level=logging.ERROR)
         url = context.dashboard_url
     except Exception as exc:
         raise ClusterError(f"cannot connect to the Ray cluster at {gcs_address}: {exc}") from exc
@@ -268,6 +276,8 @@ class Cluster:
         from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
         use_token_if_available()
+        for name in ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
+            logging.getLogger(name).setLevel(logging.WARNING)  # upload chatter
         self.dashboard_url = dashboard_url
         try:
             self._client = ServeSubmissionClient(dashboard_url)

@@ -343,17 +343,19 @@ def _check_models(spec: SectionSpec, zoo: Path, problems: list[str]) -> None:
 
 
 def _check_routes(specs: list[SectionSpec], problems: list[str]) -> None:
-    owner: dict[str, str] = {}
+    """Each section owns its route and `<route>/ping`; no two sections may share a path."""
+    owner: dict[str, tuple[str, str]] = {}
     for spec in specs:
-        for path, why in ((spec.route, "route"), (f"{spec.route}/ping", "health check")):
-            other = owner.get(path)
-            if other is not None:
-                problems.append(
-                    f"[{spec.section}] route = {spec.route!r}: /{path} is already the {why} of "
-                    f"[{other}]; give each section its own route"
-                )
-        owner.setdefault(spec.route, spec.section)
-        owner.setdefault(f"{spec.route}/ping", spec.section)
+        paths = ((spec.route, "route"), (f"{spec.route}/ping", "health check"))
+        clash = next(((p, owner[p]) for p, _ in paths if p in owner), None)
+        if clash is not None:
+            path, (other, what) = clash
+            problems.append(
+                f"[{spec.section}] route = {spec.route!r}: /{path} is already the {what} of "
+                f"[{other}]; give each section its own route"
+            )
+        for path, what in paths:
+            owner.setdefault(path, (spec.section, what))
 
 
 def _check_batching(spec: SectionSpec, problems: list[str]) -> None:

@@ -8,9 +8,12 @@ logged with their traceback under the request id and answered without it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
+import os
+import sys
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +31,18 @@ from modelserve.errors import MethodNotAllowed, ModelError, ModelLoadError, Mode
 logger = logging.getLogger("ray.serve")
 
 
+def _prefer_uploaded_packages() -> None:
+    """Put Ray's runtime-env paths (our uploaded package snapshot) before any `algopkg/`
+    that happens to be in the worker's cwd, so the replica runs the code it was deployed with."""
+    for entry in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
+        if "runtime_resources" in entry:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(entry)
+            sys.path.insert(0, entry)
+
+
 def load_backend_class(package: str, class_name: str) -> type:
+    _prefer_uploaded_packages()
     module = importlib.import_module(f"algopkg.{package}.backend")
     return getattr(module, class_name)  # type: ignore[no-any-return]
 
@@ -73,8 +87,8 @@ class ModelReplica:
         """Ray Serve calls this with `user_config` at start and on every in-place update."""
         self._max_batch_size = int(config.get("max_batch_size", 1))
         self._batch_wait_s = float(config.get("batch_wait_ms", 0)) / 1000
-        self._infer_batched.set_max_batch_size(self._max_batch_size)
-        self._infer_batched.set_batch_wait_timeout_s(self._batch_wait_s)
+        self._infer_batched.set_max_batch_size(self._max_batch_size)  # type: ignore[attr-defined,misc]
+        self._infer_batched.set_batch_wait_timeout_s(self._batch_wait_s)  # type: ignore[attr-defined,misc]
         self._backend.reconfigure(dict(config.get("user", {})))
 
     def check_health(self) -> None:
@@ -105,7 +119,7 @@ class ModelReplica:
             raise MethodNotAllowed(request.method, self._methods)
         params = envelope.parse_params(await request.body(), request.query_params)
         if self._batched and self._max_batch_size > 1:
-            return await self._infer_batched(params, request_id)
+            return await self._infer_batched(params, request_id)  # type: ignore[misc,call-arg]
         return await self._run(self._backend.infer, params, request_id)
 
     async def _run(self, fn: Callable[[Any], Any], arg: Any, request_id: str) -> Any:
@@ -119,8 +133,8 @@ class ModelReplica:
             logger.error("request %s: the backend raised", request_id, exc_info=exc)
             raise ModelError(f"the model failed on this request: {type(exc).__name__}: {exc}") from exc
 
-    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
-    async def _infer_batched(self, batch: list[dict[str, Any]], request_ids: list[str]) -> list[Any]:
+    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)  # type: ignore[arg-type,misc]
+    async def _infer_batched(self, batch: list[dict[str, Any]], request_ids: list[str]) -> list[Any]:  # type: ignore[misc]
         results = await self._run(self._backend.infer_batch, batch, ",".join(request_ids))
         if not isinstance(results, list) or len(results) != len(batch):
             size = len(results) if isinstance(results, list) else type(results).__name__

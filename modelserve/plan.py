@@ -18,9 +18,9 @@ from typing import Any
 from modelserve.config import Config, SectionSpec
 
 IMPORT_PATH = "modelserve.app:build"
-#: Start every replacement replica before stopping the one it replaces: a new
-#: version that fails to load never takes down the running one.
-MAX_SURGE_PERCENT = 100
+#: Start a replacement replica (at least one, 25% of the target) before stopping
+#: an old one: a new version that fails to load never takes down the running one.
+MAX_SURGE_PERCENT = 25
 _CODE_KEYS = ("import_path", "runtime_env", "args", "route_prefix")
 
 

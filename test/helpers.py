@@ -1,0 +1,138 @@
+"""Test helpers: throwaway projects (conf.ini + algopkg + Model_ZOO), HTTP, a real test cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelserve.cluster import dashboard_answers, free_port, head_command, node_env, stop_session
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "test" / "fixtures"
+
+
+def make_project(root: Path) -> Path:
+    """A project dir with the example and the fixture packages, and their model files."""
+    (root / "algopkg").mkdir(parents=True, exist_ok=True)
+    (root / "algopkg" / "__init__.py").write_text("")
+    for source in (REPO / "algopkg", FIXTURES / "algopkg"):
+        for package in source.iterdir():
+            if package.is_dir() and (package / "backend.py").exists():
+                shutil.copytree(package, root / "algopkg" / package.name, dirs_exist_ok=True)
+    zoo = root / "Model_ZOO"
+    zoo.mkdir(exist_ok=True)
+    for source in (REPO / "Model_ZOO", FIXTURES / "Model_ZOO"):
+        for model in source.iterdir():
+            shutil.copy(model, zoo / model.name)
+    return root
+
+
+def write_conf(root: Path, serve: dict[str, Any], *sections: str) -> Path:
+    head = "[MODEL SERVE]\n" + "".join(f"{k} = {v}\n" for k, v in serve.items())
+    body = "\n".join(textwrap.dedent(s).strip() + "\n" for s in sections)
+    path = root / "conf.ini"
+    path.write_text(head + "\n" + body)
+    return path
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+
+def call(url: str, params: Any = None, method: str = "POST", raw: bytes | None = None, timeout: float = 30) -> Reply:
+    data = raw if raw is not None else (None if params is None else json.dumps(params).encode())
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, text, headers = response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        status, text, headers = exc.code, exc.read(), dict(exc.headers)
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = text.decode(errors="replace")
+    return Reply(status, body, {k.lower(): v for k, v in headers.items()})
+
+
+def wait_for(predicate: Any, timeout_s: float = 60, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.25)
+
+
+@dataclass
+class TestCluster:
+    """A real single-node Ray cluster on loopback, started for the tests and stopped by PID."""
+
+    __test__ = False
+
+    proc: subprocess.Popen[bytes]
+    dashboard_url: str
+    http_port: int
+    temp_dir: str
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def serve(self, **extra: Any) -> dict[str, Any]:
+        """`[MODEL SERVE]` keys that point a conf.ini at this cluster."""
+        return {"port": self.http_port, "address": self.dashboard_url, "deploy_timeout_s": 120, **extra}
+
+    def stop(self) -> None:
+        stop_session(self.proc.pid)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def start_test_cluster(num_cpus: int = 4, num_gpus: int = 2, ingress: str = "fast") -> TestCluster:
+    """Logical CPUs and GPUs (no GPU needed): enough to place fractional-GPU replicas.
+
+    It runs from the repository root on purpose: its `algopkg/` must not shadow the
+    package snapshots the replicas are deployed with.
+    """
+    temp_dir = tempfile.mkdtemp(prefix="msr", dir="/tmp")
+    dashboard_port = free_port()
+    cmd = head_command(free_port(), dashboard_port, num_cpus, num_gpus, temp_dir=temp_dir)
+    env = node_env(ingress)
+    env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "1"
+    env["RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S"] = "1"
+    log = open(Path(temp_dir) / "head.log", "wb")  # noqa: SIM115 - the head writes it until stopped
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=REPO, start_new_session=True
+    )
+    cluster = TestCluster(proc, f"http://127.0.0.1:{dashboard_port}", free_port(), temp_dir)
+    try:
+        wait_for(lambda: proc.poll() is not None or dashboard_answers(cluster.dashboard_url), 90, "the Ray head")
+        if proc.poll() is not None:
+            raise RuntimeError((Path(temp_dir) / "head.log").read_text()[-3000:])
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def isolate_ray_token(directory: Path) -> None:
+    """Use a token of the tests' own, never the user's ~/.ray/auth_token."""
+    token = directory / "auth_token"
+    if not token.exists():
+        token.write_text(os.urandom(16).hex())
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
+    os.environ["RAY_AUTH_MODE"] = "token"

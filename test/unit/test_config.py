@@ -1,0 +1,132 @@
+from pathlib import Path
+
+import pytest
+from helpers import make_project, write_conf
+
+from modelserve.config import ConfigError, load_config
+
+EXAMPLE = """
+[algopkg.AlgoExample]
+backend = algo_backend
+model = algoexample_model_v1.npz
+route = extract
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path)
+
+
+def problems(project: Path, *sections: str, **serve: object) -> list[str]:
+    path = write_conf(project, {"port": 8000, **serve}, *sections)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return info.value.problems
+
+
+def test_shipped_conf_is_valid() -> None:
+    config = load_config(Path(__file__).resolve().parents[2] / "conf.ini")
+    (spec,) = config.sections
+    assert (spec.package, spec.backend, spec.route, spec.methods) == (
+        "AlgoExample",
+        "algo_backend",
+        "extract",
+        ("GET", "POST"),
+    )
+    assert config.serve.host == "127.0.0.1"
+    assert config.model_zoo.name == "Model_ZOO" and config.model_zoo.is_absolute()
+
+
+def test_defaults_and_original_keys(project: Path) -> None:
+    config = load_config(write_conf(project, {"port": 666}, EXAMPLE))
+    spec = config.sections[0]
+    assert config.serve.port == 666 and config.serve.address == "auto"
+    assert (spec.replicas, spec.gpu_cost, spec.cpu_cost, spec.methods) == (1, 0.0, 1.0, ("GET",))
+    assert spec.model_files == ("algoexample_model_v1.npz",) and spec.app_name == "AlgoExample"
+
+
+def test_variants_of_one_package(project: Path) -> None:
+    small = EXAMPLE.replace("[algopkg.AlgoExample]", "[algopkg.AlgoExample:small]").replace("extract", "small")
+    config = load_config(write_conf(project, {}, EXAMPLE, small + "gpu_cost = 0.5\nreplicas = 2\n"))
+    assert [s.app_name for s in config.sections] == ["AlgoExample", "AlgoExample:small"]
+    assert config.sections[1].gpu_cost == 0.5 and config.sections[1].replicas == 2
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("replicas = many", "[algopkg.AlgoExample] replicas = 'many': must be a whole number"),
+        ("replicas = 0", "replicas = '0'"),
+        ("gpu_cost = 1.5", "gpu_cost = '1.5': above 1 must be a whole number"),
+        ("gpu_cost = -1", "gpu_cost = '-1'"),
+        ("method = DELETE", "method = 'DELETE': must be GET, POST or GET,POST"),
+        ("user_config = [1]", "user_config = '[1]': must be a JSON object"),
+        ("colour = blue", "[algopkg.AlgoExample] colour: unknown key"),
+        ("model = missing.pb", "model = 'missing.pb': file not found in model_zoo"),
+        ("backend = nope", "backend = 'nope': no class of that name"),
+        ("warmup = none.json", "warmup = 'none.json': file not found"),
+        ("batch_wait_ms = 5", "batch_wait_ms = 5: waiting only makes sense with max_batch_size > 1"),
+    ],
+)
+def test_section_errors_name_section_key_value(project: Path, line: str, expected: str) -> None:
+    key = line.split("=")[0].strip()
+    kept = [row for row in EXAMPLE.splitlines() if row.split("=")[0].strip() != key]
+    found = problems(project, "\n".join([*kept, line]) + "\n")
+    assert any(expected in p for p in found), found
+
+
+def test_route_errors(project: Path) -> None:
+    found = problems(project, EXAMPLE.replace("route = extract", "route = a b"))
+    assert any("route = 'a b'" in p for p in found)
+    found = problems(project, EXAMPLE.replace("route = extract", "route = -/healthz"))
+    assert any("reserves" in p for p in found)
+    found = problems(project, EXAMPLE.replace("route = extract\n", ""))
+    assert any("route = ''" in p for p in found)
+
+
+def test_duplicate_routes_and_ping_collisions(project: Path) -> None:
+    twin = EXAMPLE.replace("[algopkg.AlgoExample]", "[algopkg.Echo]").replace("algo_backend", "Echo")
+    twin = twin.replace("algoexample_model_v1.npz", "echo_model.txt")
+    found = problems(project, EXAMPLE, twin)
+    assert any(
+        "[algopkg.Echo] route = 'extract': /extract is already the route of [algopkg.AlgoExample]" in p for p in found
+    )
+    found = problems(project, EXAMPLE, twin.replace("route = extract", "route = extract/ping"))
+    assert any("health check of [algopkg.AlgoExample]" in p for p in found)
+
+
+def test_unknown_section_and_missing_package(project: Path) -> None:
+    found = problems(project, EXAMPLE, "[model.Other]\nroute = x\n", "[algopkg.Nope]\nbackend = X\nroute = nope\n")
+    assert any(p.startswith("[model.Other]: unknown section") for p in found)
+    assert any("[algopkg.Nope]: package 'Nope' not found" in p for p in found)
+
+
+def test_serve_section_errors(project: Path) -> None:
+    found = problems(project, EXAMPLE, port="http", colour="red", ingress="warp")
+    assert any("[MODEL SERVE] port = 'http'" in p for p in found)
+    assert any("[MODEL SERVE] colour: unknown key" in p for p in found)
+    assert any("[MODEL SERVE] ingress = 'warp'" in p for p in found)
+
+
+def test_all_problems_reported_at_once(project: Path) -> None:
+    found = problems(project, EXAMPLE + "replicas = x\ngpu_cost = y\n", port="z")
+    assert len(found) == 3
+
+
+def test_ini_level_errors(project: Path) -> None:
+    path = project / "conf.ini"
+    path.write_text("[MODEL SERVE]\nport = 1\nport = 2\n")
+    with pytest.raises(ConfigError, match=r"\[MODEL SERVE\] port is set twice \(line 3\)"):
+        load_config(path)
+    path.write_text("[algopkg.AlgoExample]\nbackend = algo_backend\nroute = x\n")
+    with pytest.raises(ConfigError, match=r"\[MODEL SERVE\] is missing"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="cannot read the file"):
+        load_config(project / "absent.ini")
+
+
+def test_syntax_error_in_backend_is_reported_without_importing(project: Path) -> None:
+    (project / "algopkg" / "Echo" / "backend.py").write_text("class Echo(:\n")
+    found = problems(project, "[algopkg.Echo]\nbackend = Echo\nroute = echo\n")
+    assert any("syntax error at line 1" in p for p in found)

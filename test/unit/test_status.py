@@ -1,0 +1,48 @@
+from modelserve import status
+
+
+def app(app_status: str, dep_status: str, states: list[str], target: int, message: str = "") -> dict:
+    replicas = [{"state": s, "node_ip": "10.0.0.1"} for s in states]
+    return {
+        "status": app_status,
+        "route_prefix": "/echo",
+        "deployed_app_config": {"args": {"section": "algopkg.Echo"}},
+        "deployments": {
+            "Echo": {"status": dep_status, "replicas": replicas, "target_num_replicas": target, "message": message}
+        },
+    }
+
+
+def test_healthy_row() -> None:
+    row = status.app_row("Echo", app("RUNNING", "HEALTHY", ["RUNNING", "RUNNING"], 2), "http://h:1")
+    assert (row.section, row.url, row.ready, row.target, row.status) == (
+        "algopkg.Echo",
+        "http://h:1/echo",
+        2,
+        2,
+        "HEALTHY",
+    )
+    assert row.healthy and row.nodes == ("10.0.0.1",)
+
+
+def test_failed_row_keeps_the_message_without_colour_codes() -> None:
+    row = status.app_row("Echo", app("DEPLOY_FAILED", "DEPLOY_FAILED", ["RUNNING"], 1, "\x1b[36mboom\x1b[39m"), "")
+    assert row.status == "DEPLOY_FAILED" and row.message == "boom" and not row.healthy
+
+
+def test_settled() -> None:
+    assert status.settled(app("RUNNING", "HEALTHY", ["RUNNING"], 1))
+    assert not status.settled(app("RUNNING", "HEALTHY", ["RUNNING"], 2))
+    assert not status.settled(app("DEPLOYING", "UPDATING", ["STARTING"], 1))
+    assert status.settled(app("DEPLOY_FAILED", "DEPLOY_FAILED", [], 1))
+    assert not status.settled(None)
+
+
+def test_table_and_missing_apps() -> None:
+    rows = status.rows(
+        {"applications": {"Echo": app("RUNNING", "HEALTHY", ["RUNNING"], 1)}}, "http://h:1", ["Echo", "Gone"]
+    )
+    text = status.table(rows)
+    assert text.splitlines()[0].split() == ["SECTION", "URL", "REPLICAS", "STATUS", "NODES"]
+    assert "algopkg.Echo" in text and "1/1" in text and "MISSING" in text
+    assert status.table([]) == "no sections are deployed"
