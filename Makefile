@@ -1,0 +1,31 @@
+# The two commands of the README: `make serve` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup serve status down test lint bench
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+serve: setup          ## set up, start a local Ray cluster if none is reachable, deploy conf.ini
+	$(BIN)/python controller.py
+
+status: setup
+	$(BIN)/python controller.py status
+
+down: setup           ## remove every section and stop the local cluster the controller started
+	$(BIN)/python controller.py down --stop-cluster
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint            ## the whole suite: lint, unit, integration (real Ray), e2e (controller.py)
+	$(BIN)/python -m pytest
