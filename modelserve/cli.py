@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -10,10 +11,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from modelserve import plan, status
+from modelserve import bench, plan, status
 from modelserve.cluster import Cluster, ClusterError, resolve_dashboard, stop_local_head
 from modelserve.config import Config, ConfigError, load_config
 from modelserve.packaging import files_digest, staged_package
+from modelserve.warmup import read_warmup
 
 EXIT_UNHEALTHY = 1
 EXIT_CONFIG = 2
@@ -130,25 +132,66 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"apply": cmd_apply, "check": cmd_check, "status": cmd_status, "down": cmd_down}
+def _bench_params(config: Config, args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
+    """URL, method and body for `bench`: from the ROUTE's section unless given."""
+    route = (args.route or "").strip("/")
+    spec = next((s for s in config.sections if s.route == route), None)
+    if spec is None and not args.url:
+        known = ", ".join(s.route for s in config.sections) or "none"
+        raise ConfigError(config.path, [f"bench: no section serves route {route!r} (routes: {known}); or give --url"])
+    host = "127.0.0.1" if config.serve.host in ("0.0.0.0", "::") else config.serve.host
+    url = args.url or f"http://{host}:{config.serve.port}/{route}"
+    method = "POST" if spec is None or "POST" in spec.methods else "GET"
+    if args.body:
+        params = json.loads(Path(args.body).read_text())
+    elif spec is not None and spec.warmup:
+        params = read_warmup(config.algopkg_dir / spec.package / spec.warmup)[0]
+    else:
+        raise ConfigError(
+            config.path, [f"bench: [{spec.section if spec else route}] has no warmup sample; give --body FILE"]
+        )
+    return url, method, params
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    url, method, params = _bench_params(config, args)
+    print(
+        f"{method} {url}: {args.concurrency} connection(s), up to {args.duration}s"
+        + (f" or {args.requests} requests" if args.requests else "")
+    )
+    summary = bench.run(url, params, args.concurrency, args.duration, args.requests, method=method)
+    print(summary.render())
+    return 0 if summary.non_2xx == summary.errors == 0 and summary.requests else EXIT_UNHEALTHY
+
+
+COMMANDS = {"apply": cmd_apply, "check": cmd_check, "status": cmd_status, "down": cmd_down, "bench": cmd_bench}
 
 
 def parser() -> argparse.ArgumentParser:
     config_help = "conf.ini to use (default: conf.ini)"
     main = argparse.ArgumentParser(prog="controller.py", description="Serve algorithm packages as conf.ini says.")
     main.add_argument("-c", "--config", default="conf.ini", help=config_help)
-    sub = main.add_subparsers(dest="command", metavar="{apply,check,status,down}")
+    sub = main.add_subparsers(dest="command", metavar="{apply,check,status,down,bench}")
     helps = {
         "apply": "validate, then make the cluster match the file (default)",
         "check": "validate the file only; touches no cluster",
         "status": "show what runs now",
         "down": "remove every deployed section",
+        "bench": "load one route and print RPS and latency percentiles",
     }
     for name, text in helps.items():
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("-c", "--config", default=argparse.SUPPRESS, help=config_help)
         if name == "down":
             cmd.add_argument("--stop-cluster", action="store_true", help="also stop the local cluster we started")
+        if name == "bench":
+            cmd.add_argument("route", nargs="?", help="a route of conf.ini, e.g. extract")
+            cmd.add_argument("--url", help="load this URL instead of the route's local one")
+            cmd.add_argument("--body", help="JSON file of params (default: the section's warm-up sample)")
+            cmd.add_argument("-C", "--concurrency", type=int, default=8, help="connections (default 8)")
+            cmd.add_argument("-d", "--duration", type=float, default=10.0, help="seconds, at most (default 10)")
+            cmd.add_argument("-n", "--requests", type=int, help="stop after this many requests")
     return main
 
 

@@ -192,7 +192,7 @@ def read_local_head(state_dir: Path) -> LocalHead | None:
     return head if head.alive() else None
 
 
-def _session_members(sid: int) -> list[int]:
+def session_members(sid: int) -> list[int]:
     """Live processes of a session (zombies, which no signal ends, do not count). Linux /proc."""
     members = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -212,14 +212,14 @@ def stop_session(sid: int, grace_s: float = 5.0) -> None:
     of its processes, including workers Ray puts in process groups of their own.
     """
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-        for pid in _session_members(sid) or [sid]:
+        for pid in session_members(sid) or [sid]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(sid, os.WNOHANG)
-            if not _session_members(sid):
+            if not session_members(sid):
                 return
             time.sleep(0.2)
 

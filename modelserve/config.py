@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelserve.warmup import WarmupError, read_warmup
+
 SERVE_SECTION = "MODEL SERVE"
 PACKAGE_PREFIX = "algopkg."
 ROUTE_RE = re.compile(r"^[A-Za-z0-9_.~-]+(/[A-Za-z0-9_.~-]+)*$")
@@ -69,7 +71,7 @@ class SectionSpec:
     methods: tuple[str, ...] = ("GET",)
     max_ongoing_requests: int = 32
     user_config: Mapping[str, Any] = field(default_factory=dict)
-    max_batch_size: int = 1
+    max_batch_size: int = 32
     batch_wait_ms: float = 0.0
     warmup: str = ""
 
@@ -214,7 +216,7 @@ SECTION_KEYS: dict[str, _Key] = {
     "method": _Key(_methods, "GET", "GET, POST or GET,POST"),
     "max_ongoing_requests": _Key(_int(1, 100000), "32", "requests one replica works on at once"),
     "user_config": _Key(_json_object, "", "JSON object passed to the backend's reconfigure(); updates in place"),
-    "max_batch_size": _Key(_int(1, 4096), "1", "largest batch handed to the backend's batch method"),
+    "max_batch_size": _Key(_int(1, 4096), "32", "largest batch handed to infer_batch, when the backend has one"),
     "batch_wait_ms": _Key(_float(0, 60000), "0", "how long a batch waits to fill; 0 = take what is queued"),
     "warmup": _Key(_text, "", "JSON file in the package with requests each replica runs before traffic"),
 }
@@ -330,6 +332,11 @@ def _check_package(spec: SectionSpec, algopkg: Path, problems: list[str]) -> Non
             f"{where} warmup = {spec.warmup!r}: file not found in {package_dir}; "
             "put a JSON file of requests there or remove the key"
         )
+    elif spec.warmup:
+        try:
+            read_warmup(package_dir / spec.warmup)
+        except WarmupError as exc:
+            problems.append(f"{where} warmup = {spec.warmup!r}: {exc}")
 
 
 def _check_models(spec: SectionSpec, zoo: Path, problems: list[str]) -> None:

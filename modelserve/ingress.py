@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import json
 import logging
 import os
 import sys
@@ -27,6 +26,7 @@ from starlette.responses import Response
 from modelserve import envelope
 from modelserve.backend import Backend, create_backend, has_batch_method
 from modelserve.errors import MethodNotAllowed, ModelError, ModelLoadError, ModelServeError, NotFound
+from modelserve.warmup import WarmupError, read_warmup
 
 logger = logging.getLogger("ray.serve")
 
@@ -47,17 +47,6 @@ def load_backend_class(package: str, class_name: str) -> type:
     return getattr(module, class_name)  # type: ignore[no-any-return]
 
 
-def read_warmup(path: Path) -> list[dict[str, Any]]:
-    """Warm-up requests: a JSON object (one request), a list of them, or {"params": ..., "repeat": N}."""
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if isinstance(data, dict) and "params" in data:
-        return [data["params"]] * int(data.get("repeat", 1))
-    requests = data if isinstance(data, list) else [data]
-    if not all(isinstance(r, dict) for r in requests):
-        raise ModelLoadError(f"{path}: warm-up requests must be JSON objects of params")
-    return requests
-
-
 class ModelReplica:
     """One replica of one conf.ini section (a Ray Serve deployment class)."""
 
@@ -74,14 +63,18 @@ class ModelReplica:
             self._warm_up(package_dir / spec["warmup"])
 
     def _warm_up(self, path: Path) -> None:
-        for params in read_warmup(path):
+        try:
+            requests = read_warmup(path)
+        except WarmupError as exc:
+            raise ModelLoadError(str(exc)) from None
+        for params in requests:
             try:
                 self._backend.infer(params)
             except Exception as exc:
                 raise ModelLoadError(f"warm-up request {params!r} failed: {exc!r}") from exc
             self.warmed_up += 1
-        if self._batched and self.warmed_up:
-            self._backend.infer_batch(read_warmup(path))
+        if self._batched:
+            self._backend.infer_batch(requests)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Ray Serve calls this with `user_config` at start and on every in-place update."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelserve.cluster import dashboard_answers, free_port, head_command, node_env, stop_session
+from modelserve.cluster import dashboard_answers, free_port, head_command, node_env, session_members, stop_session
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "test" / "fixtures"
@@ -127,6 +128,15 @@ def start_test_cluster(num_cpus: int = 4, num_gpus: int = 2, ingress: str = "fas
         cluster.stop()
         raise
     return cluster
+
+
+def session_commands(sid: int) -> set[str]:
+    """Command names of the live processes in a session (a cluster started in its own session)."""
+    names = set()
+    for pid in session_members(sid):
+        with contextlib.suppress(OSError):
+            names.add(Path(f"/proc/{pid}/comm").read_text().strip())
+    return names
 
 
 def isolate_ray_token(directory: Path) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, TestCluster, call, make_project, wait_for, write_conf
+from helpers import REPO, TestCluster, call, make_project, session_commands, wait_for, write_conf
 
 from modelserve.cluster import Cluster, dashboard_answers, free_port
 
@@ -21,6 +22,16 @@ route = legacy
 method = POST
 cpu_cost = 0.5
 user_config = {"threshold": 1.5}
+"""
+
+
+ECHO = """
+[algopkg.Echo]
+backend = Echo
+model = echo_model.txt
+route = echo
+method = POST
+cpu_cost = 0.5
 """
 
 
@@ -79,18 +90,32 @@ def test_original_template_failing_to_load_is_not_healthy(project: Path, cluster
 
 
 def test_embedded_default_starts_serves_and_stops_a_local_cluster(tmp_path: Path) -> None:
-    """What `make serve` does: no cluster anywhere, the controller starts one on loopback."""
+    """What `make serve` does: no cluster anywhere, the controller starts one on loopback.
+
+    It uses the fallback ingress (Ray Serve's Python proxy); every other test runs on the
+    default fast ingress, so the HTTP contract is checked under both.
+    """
     project = make_project(tmp_path)
     port, dashboard_port = free_port(), free_port()
     serve = {"port": port, "address": "local", "dashboard_port": dashboard_port, "local_cpus": 2, "local_gpus": 0}
-    conf = write_conf(project, serve, LEGACY)
+    conf = write_conf(project, {**serve, "ingress": "proxy"}, LEGACY, ECHO)
+    base = f"http://127.0.0.1:{port}"
     try:
         result = controller("-c", str(conf))
         assert result.returncode == 0, result.stdout + result.stderr
-        assert call(f"http://127.0.0.1:{port}/legacy", {"values": [5]}).body["result"]["sum"] == 5.0
+        head_pid = json.loads((project / ".modelserve" / "cluster.json").read_text())["pid"]
+        assert "haproxy" not in session_commands(head_pid)
+        reply = call(f"{base}/legacy", {"values": [5]})
+        assert reply.body["result"]["sum"] == 5.0 and reply.headers["x-request-id"] == reply.body["request_id"]
+        assert call(f"{base}/legacy", raw=b"{oops").status == 400
+        assert call(f"{base}/legacy", method="GET").status == 405
+        assert call(f"{base}/echo", {"fail": True}).body["error"]["type"] == "ModelError"
+        assert call(f"{base}/legacy/ping", method="GET").body["result"] == "pong"
+        assert call(f"{base}/-/healthz", method="GET").status == 200
         assert (project / ".modelserve" / "cluster.json").exists()
-        again = controller("-c", str(conf))
-        assert again.returncode == 0 and "unchanged  Legacy" in again.stdout
+        again = controller("-c", str(write_conf(project, {**serve, "ingress": "proxy"}, LEGACY)))
+        assert again.returncode == 0 and "unchanged  Legacy" in again.stdout and "remove  Echo" in again.stdout
+        wait_for(lambda: call(f"{base}/echo", {}).status == 404, 30, "/echo to be removed")
     finally:
         down = controller("down", "--stop-cluster", "-c", str(conf))
     assert down.returncode == 0 and "stopped the local Ray cluster" in down.stdout

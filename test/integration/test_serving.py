@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import FIXTURES, TestCluster, call, make_project, wait_for, write_conf
+from helpers import FIXTURES, TestCluster, call, make_project, session_commands, wait_for, write_conf
 
 from modelserve.cli import main
 
@@ -105,6 +105,10 @@ def test_http_errors_are_json_envelopes(cluster: TestCluster) -> None:
     assert call(f"{base}/echo", {"bad": True}).status == 400
     assert call(f"{base}/echo/nope", {}).status == 404
     assert call(f"{base}/extract", {"x": SAMPLES[0]["x"]}).status == 200  # other routes keep serving
+
+
+def test_the_default_ingress_is_haproxy(cluster: TestCluster) -> None:
+    assert "haproxy" in session_commands(cluster.proc.pid)
 
 
 def test_query_string_health_and_ping(cluster: TestCluster) -> None:

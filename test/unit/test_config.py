@@ -66,7 +66,11 @@ def test_variants_of_one_package(project: Path) -> None:
         ("model = missing.pb", "model = 'missing.pb': file not found in model_zoo"),
         ("backend = nope", "backend = 'nope': no class of that name"),
         ("warmup = none.json", "warmup = 'none.json': file not found"),
-        ("batch_wait_ms = 5", "batch_wait_ms = 5: waiting only makes sense with max_batch_size > 1"),
+        (
+            "max_batch_size = 1\nbatch_wait_ms = 5",
+            "batch_wait_ms = 5: waiting only makes sense with max_batch_size > 1",
+        ),
+        ("warmup = backend.py", "warmup = 'backend.py': cannot read backend.py as JSON"),
     ],
 )
 def test_section_errors_name_section_key_value(project: Path, line: str, expected: str) -> None:

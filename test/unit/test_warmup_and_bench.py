@@ -1,0 +1,37 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from modelserve import bench
+from modelserve.warmup import WarmupError, read_warmup
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ({"x": 1}, [{"x": 1}]),
+        ([{"x": 1}, {"x": 2}], [{"x": 1}, {"x": 2}]),
+        ({"params": {"x": 1}, "repeat": 3}, [{"x": 1}] * 3),
+    ],
+)
+def test_warmup_shapes(tmp_path: Path, content: object, expected: list) -> None:
+    (tmp_path / "w.json").write_text(json.dumps(content))
+    assert read_warmup(tmp_path / "w.json") == expected
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "[]", '{"params": {}, "repeat": 0}', "not json"])
+def test_bad_warmup_files(tmp_path: Path, content: str) -> None:
+    (tmp_path / "w.json").write_text(content)
+    with pytest.raises(WarmupError):
+        read_warmup(tmp_path / "w.json")
+
+
+def test_percentiles_and_summary() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert bench.percentile(values, 50) == 50 and bench.percentile(values, 99) == 99
+    assert bench.percentile(values, 100) == 100 and bench.percentile([], 50) == 0
+    tally = bench.Tally(latencies_s=[0.001, 0.002, 0.003, 0.004], non_2xx=1, errors=1)
+    summary = bench.summarize(tally, 2.0)
+    assert (summary.requests, summary.rps, summary.p50_ms, summary.max_ms) == (5, 2.5, 2.0, 4.0)
+    assert "non-2xx 1  errors 1" in summary.render()
