@@ -12,11 +12,9 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -26,10 +24,9 @@ from typing import Any
 import requests
 
 from modelserve.config import ServeSettings
+from modelserve.node import NodeSpec, ensure_token, free_port, node_env, ray_start_command
 
 STATE_FILE = "cluster.json"
-#: Ray reads these when its processes start: they select the fast ingress.
-FAST_INGRESS_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 
 class ClusterError(RuntimeError):
@@ -55,12 +52,6 @@ class LocalHead:
         return True
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def _port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
@@ -83,19 +74,6 @@ def use_token_if_available() -> bool:
     return True
 
 
-def ensure_token() -> None:
-    """Make sure a Ray auth token exists (generated once, in Ray's default place)."""
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return
-    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
-    if not path.is_file():
-        import secrets
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_hex(32))
-
-
 def dashboard_answers(url: str, timeout_s: float = 1.0) -> bool:
     try:
         return requests.get(f"{url}/api/version", timeout=timeout_s).status_code in (200, 401, 403)
@@ -103,76 +81,36 @@ def dashboard_answers(url: str, timeout_s: float = 1.0) -> bool:
         return False
 
 
-def _ray_executable() -> str:
-    beside = Path(sys.executable).parent / "ray"
-    found = str(beside) if beside.exists() else shutil.which("ray")
-    if not found:
-        raise ClusterError("the `ray` command was not found; install ray[serve] into this environment")
-    return found
-
-
-def head_command(
-    gcs_port: int, dashboard_port: int, num_cpus: int | None, num_gpus: int | None, temp_dir: str | None = None
-) -> list[str]:
-    """`ray start --head` bound to loopback, with every internal port chosen free."""
-    cmd = [_ray_executable(), "start", "--head", "--block", "--disable-usage-stats"]
-    cmd += ["--node-ip-address=127.0.0.1", f"--port={gcs_port}"]
-    cmd += ["--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"]
-    for flag in (
-        "ray-client-server-port",
-        "dashboard-agent-listen-port",
-        "dashboard-agent-grpc-port",
-        "metrics-export-port",
-        "runtime-env-agent-port",
-    ):
-        cmd.append(f"--{flag}={free_port()}")
-    if num_cpus is not None:
-        cmd.append(f"--num-cpus={num_cpus}")
-    if num_gpus is not None:
-        cmd.append(f"--num-gpus={num_gpus}")
-    if temp_dir:
-        cmd.append(f"--temp-dir={temp_dir}")
-    return cmd
-
-
-def node_env(ingress: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
-    env["RAY_AUTH_MODE"] = "token"
-    for key in FAST_INGRESS_ENV:
-        env.pop(key, None)
-    if ingress == "fast":
-        env.update(FAST_INGRESS_ENV)
-        # HAProxy's stats and metrics listeners have fixed default ports (8404, 9101):
-        # give each head its own so several clusters can share a machine.
-        env.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
-        env.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
-    return env
-
-
 def start_local_head(settings: ServeSettings, state_dir: Path, timeout_s: float = 90.0) -> LocalHead:
     """Start a head node on loopback, with token auth, and wait for its dashboard."""
-    ensure_token()
+    ensure_token(os.environ, create=True)
     use_token_if_available()
     state_dir.mkdir(parents=True, exist_ok=True)
-    gcs_port = 6379 if not _port_in_use(6379) else free_port()
     if _port_in_use(settings.dashboard_port):
         raise ClusterError(
             f"[MODEL SERVE] dashboard_port = {settings.dashboard_port} is taken by something that is not a "
             "Ray dashboard; choose another port"
         )
-    cmd = head_command(gcs_port, settings.dashboard_port, settings.local_cpus, settings.local_gpus)
+    spec = NodeSpec(
+        role="head",
+        gcs_port=6379 if not _port_in_use(6379) else free_port(),
+        dashboard_port=settings.dashboard_port,
+        num_cpus=settings.local_cpus,
+        num_gpus=settings.local_gpus,
+        ingress=settings.ingress,
+    )
     log_path = state_dir / "ray-head.log"
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            cmd,
+            ray_start_command(spec),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
-            env=node_env(settings.ingress),
+            env=node_env(spec),
             cwd=state_dir,  # workers inherit it: keep the project's algopkg/ off their sys.path
             start_new_session=True,
         )
-    head = LocalHead(proc.pid, f"http://127.0.0.1:{settings.dashboard_port}", f"127.0.0.1:{gcs_port}", str(log_path))
+    head = LocalHead(proc.pid, f"http://127.0.0.1:{spec.dashboard_port}", f"127.0.0.1:{spec.gcs_port}", str(log_path))
     deadline = time.monotonic() + timeout_s
     while not dashboard_answers(head.dashboard_url):
         if proc.poll() is not None or time.monotonic() > deadline:

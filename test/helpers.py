@@ -16,10 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelserve.cluster import dashboard_answers, free_port, head_command, node_env, session_members, stop_session
+from modelserve.cluster import dashboard_answers, session_members, stop_session
+from modelserve.node import NodeSpec, free_port, node_env, ray_start_command
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "test" / "fixtures"
+#: Ray keeps a stopping replica serving 30 s so HAProxy can drop it first; tests shorten
+#: that, but not below HAProxy's update latency (at 1 s a replica that took over a
+#: stopped one's port was sent its requests, which answered 404).
+FAST_DRAIN_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5", "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "5"}
 
 
 def make_project(root: Path) -> Path:
@@ -110,16 +115,23 @@ def start_test_cluster(num_cpus: int = 4, num_gpus: int = 2, ingress: str = "fas
     package snapshots the replicas are deployed with.
     """
     temp_dir = tempfile.mkdtemp(prefix="msr", dir="/tmp")
-    dashboard_port = free_port()
-    cmd = head_command(free_port(), dashboard_port, num_cpus, num_gpus, temp_dir=temp_dir)
-    env = node_env(ingress)
-    env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "1"
-    env["RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S"] = "1"
+    spec = NodeSpec(
+        role="head",
+        gcs_port=free_port(),
+        dashboard_port=free_port(),
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        ingress=ingress,
+        temp_dir=temp_dir,
+    )
+    cmd = ray_start_command(spec)
+    env = node_env(spec)
+    env.update(FAST_DRAIN_ENV)
     log = open(Path(temp_dir) / "head.log", "wb")  # noqa: SIM115 - the head writes it until stopped
     proc = subprocess.Popen(
         cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=REPO, start_new_session=True
     )
-    cluster = TestCluster(proc, f"http://127.0.0.1:{dashboard_port}", free_port(), temp_dir)
+    cluster = TestCluster(proc, f"http://127.0.0.1:{spec.dashboard_port}", free_port(), temp_dir)
     try:
         wait_for(lambda: proc.poll() is not None or dashboard_answers(cluster.dashboard_url), 90, "the Ray head")
         if proc.poll() is not None:

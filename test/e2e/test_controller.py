@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from helpers import REPO, TestCluster, call, make_project, session_commands, wait_for, write_conf
 
-from modelserve.cluster import Cluster, dashboard_answers, free_port
+from modelserve.cluster import Cluster, dashboard_answers
+from modelserve.node import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -1,0 +1,195 @@
+"""`python -m modelserve.node head|worker`: start one Ray node as modelserve needs it.
+
+The docker entrypoint runs this; so do the tests, without docker. Settings come from
+the environment (see `NODE_ENV`), with defaults that expose nothing: the dashboard on
+127.0.0.1, token auth on, Ray's internal ports chosen free.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Ray reads these when its processes start: they select the fast ingress.
+FAST_INGRESS_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+_INTERNAL_PORT_FLAGS = (
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "metrics-export-port",
+    "runtime-env-agent-port",
+)
+
+NODE_ENV: dict[str, str] = {
+    "MODELSERVE_NODE_IP": "address other nodes reach this node at (default 127.0.0.1)",
+    "RAY_HEAD_ADDRESS": "worker: the head's GCS address, host:port (required)",
+    "RAY_GCS_PORT": "head: GCS port (default 6379)",
+    "RAY_DASHBOARD_HOST": "head: dashboard bind address (default 127.0.0.1)",
+    "RAY_DASHBOARD_PORT": "head: dashboard port (default 8265)",
+    "RAY_NUM_CPUS": "CPUs this node offers (default: all)",
+    "RAY_NUM_GPUS": "GPUs this node offers (default: detected)",
+    "RAY_RESOURCES": 'custom resources as JSON, e.g. {"camera": 1}',
+    "MODELSERVE_INGRESS": "fast (HAProxy) or proxy (Ray Serve's Python proxy); default fast",
+    "MODELSERVE_WORKER_HTTP_PORT": "worker: HTTP port of its ingress when it shares a host with the head",
+    "RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH": "the cluster's token; the head creates one if none exists",
+    "RAY_TEMP_DIR": "head: Ray's session directory (default /tmp/ray)",
+}
+
+
+class NodeError(RuntimeError):
+    """A node cannot start as configured; the message says which variable to set."""
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    role: str  # "head" or "worker"
+    node_ip: str = "127.0.0.1"
+    head_address: str = ""
+    gcs_port: int = 6379
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8265
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+    resources: str = ""
+    ingress: str = "fast"
+    worker_http_port: int | None = None
+    temp_dir: str = ""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _int_env(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise NodeError(f"{name}={raw!r} must be a whole number") from None
+
+
+def spec_from_env(role: str, env: Mapping[str, str]) -> NodeSpec:
+    """Read a node's settings from environment variables (see `NODE_ENV`)."""
+    if role not in ("head", "worker"):
+        raise NodeError(f"unknown role {role!r}: use `head` or `worker`")
+    if role == "worker" and not env.get("RAY_HEAD_ADDRESS"):
+        raise NodeError("a worker needs RAY_HEAD_ADDRESS=<head ip>:<gcs port>")
+    ingress = env.get("MODELSERVE_INGRESS", "fast")
+    if ingress not in ("fast", "proxy"):
+        raise NodeError(f"MODELSERVE_INGRESS={ingress!r}: use fast or proxy")
+    return NodeSpec(
+        role=role,
+        node_ip=env.get("MODELSERVE_NODE_IP", "127.0.0.1"),
+        head_address=env.get("RAY_HEAD_ADDRESS", ""),
+        gcs_port=_int_env(env, "RAY_GCS_PORT") or 6379,
+        dashboard_host=env.get("RAY_DASHBOARD_HOST", "127.0.0.1"),
+        dashboard_port=_int_env(env, "RAY_DASHBOARD_PORT") or 8265,
+        num_cpus=_int_env(env, "RAY_NUM_CPUS"),
+        num_gpus=_int_env(env, "RAY_NUM_GPUS"),
+        resources=env.get("RAY_RESOURCES", ""),
+        ingress=ingress,
+        worker_http_port=_int_env(env, "MODELSERVE_WORKER_HTTP_PORT"),
+        temp_dir=env.get("RAY_TEMP_DIR", ""),
+    )
+
+
+def _ray_executable() -> str:
+    beside = Path(sys.executable).parent / "ray"
+    found = str(beside) if beside.exists() else shutil.which("ray")
+    if not found:
+        raise NodeError("the `ray` command was not found; install ray[serve] into this environment")
+    return found
+
+
+def ray_start_command(spec: NodeSpec) -> list[str]:
+    """`ray start ... --block` for the node, every internal port chosen free."""
+    cmd = [_ray_executable(), "start", "--block", "--disable-usage-stats", f"--node-ip-address={spec.node_ip}"]
+    if spec.role == "head":
+        cmd += ["--head", f"--port={spec.gcs_port}", f"--ray-client-server-port={free_port()}"]
+        cmd += [f"--dashboard-host={spec.dashboard_host}", f"--dashboard-port={spec.dashboard_port}"]
+        if spec.temp_dir:
+            cmd.append(f"--temp-dir={spec.temp_dir}")
+    else:
+        cmd.append(f"--address={spec.head_address}")
+    cmd += [f"--{flag}={free_port()}" for flag in _INTERNAL_PORT_FLAGS]
+    if spec.num_cpus is not None:
+        cmd.append(f"--num-cpus={spec.num_cpus}")
+    if spec.num_gpus is not None:
+        cmd.append(f"--num-gpus={spec.num_gpus}")
+    if spec.resources:
+        cmd.append(f"--resources={spec.resources}")
+    return cmd
+
+
+def node_env(spec: NodeSpec, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment Ray's processes start with: token auth and the ingress flags."""
+    env = dict(os.environ if base is None else base)
+    env["RAY_AUTH_MODE"] = "token"
+    for key in FAST_INGRESS_ENV:
+        env.pop(key, None)
+    if spec.ingress == "fast":
+        env.update(FAST_INGRESS_ENV)
+        # HAProxy's stats and metrics listeners default to fixed ports (8404, 9101):
+        # give each node its own so several nodes can share a host.
+        env.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
+        env.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
+        # Replicas serve HAProxy on ports from a range that every node of every cluster
+        # on a host would otherwise share (30000-31000): a port one cluster frees can be
+        # taken by another's replica while the first's HAProxy still routes to it.
+        base = 20000 + 100 * random.randrange(100)
+        for kind, offset in (("HTTP", 0), ("GRPC", 20000)):
+            env.setdefault(f"RAY_SERVE_DIRECT_INGRESS_MIN_{kind}_PORT", str(base + offset))
+            env.setdefault(f"RAY_SERVE_DIRECT_INGRESS_MAX_{kind}_PORT", str(base + offset + 99))
+    if spec.role == "worker" and spec.worker_http_port:
+        env["RAY_SERVE_WORKER_PROXY_HTTP_PORT"] = str(spec.worker_http_port)
+    return env
+
+
+def token_path(env: Mapping[str, str]) -> Path:
+    return Path(env.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+
+
+def ensure_token(env: Mapping[str, str], create: bool) -> None:
+    """A head creates the cluster's token if none exists; a worker must be given it."""
+    if env.get("RAY_AUTH_TOKEN") or token_path(env).is_file():
+        return
+    if not create:
+        raise NodeError("token auth is on: give this worker the head's token in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
+    import secrets
+
+    path = token_path(env)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(secrets.token_hex(32))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] in ("-h", "--help"):
+        print("usage: python -m modelserve.node head|worker\n\nenvironment:")
+        for name, text in NODE_ENV.items():
+            print(f"  {name:38} {text}")
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    try:
+        spec = spec_from_env(args[0], os.environ)
+        ensure_token(os.environ, create=spec.role == "head")
+        cmd = ray_start_command(spec)
+    except NodeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"starting Ray {spec.role} on {spec.node_ip}: {' '.join(cmd)}", flush=True)
+    os.execve(cmd[0], cmd, node_env(spec))
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())
