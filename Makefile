@@ -29,3 +29,7 @@ lint: setup
 
 test: lint            ## the whole suite: lint, unit, integration (real Ray), e2e (controller.py)
 	$(BIN)/python -m pytest
+
+bench: setup          ## side-by-side benchmark (needs wrk: apt-get install wrk)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/run.py

@@ -70,6 +70,7 @@ class SectionSpec:
     route: str = ""
     methods: tuple[str, ...] = ("GET",)
     max_ongoing_requests: int = 32
+    max_replicas_per_node: int | None = None
     user_config: Mapping[str, Any] = field(default_factory=dict)
     max_batch_size: int = 32
     batch_wait_ms: float = 0.0
@@ -215,6 +216,7 @@ SECTION_KEYS: dict[str, _Key] = {
     "route": _Key(_route, "", "HTTP path the section is served at"),
     "method": _Key(_methods, "GET", "GET, POST or GET,POST"),
     "max_ongoing_requests": _Key(_int(1, 100000), "32", "requests one replica works on at once"),
+    "max_replicas_per_node": _Key(_optional_int(1, 1024), "", "at most this many replicas on one node (spread)"),
     "user_config": _Key(_json_object, "", "JSON object passed to the backend's reconfigure(); updates in place"),
     "max_batch_size": _Key(_int(1, 4096), "32", "largest batch handed to infer_batch, when the backend has one"),
     "batch_wait_ms": _Key(_float(0, 60000), "0", "how long a batch waits to fill; 0 = take what is queued"),
@@ -230,6 +232,7 @@ _SECTION_FIELDS = {
     "route": "route",
     "method": "methods",
     "max_ongoing_requests": "max_ongoing_requests",
+    "max_replicas_per_node": "max_replicas_per_node",
     "user_config": "user_config",
     "max_batch_size": "max_batch_size",
     "batch_wait_ms": "batch_wait_ms",

@@ -61,7 +61,7 @@ def user_config(spec: SectionSpec) -> dict[str, Any]:
 
 
 def deployment_options(spec: SectionSpec) -> dict[str, Any]:
-    return {
+    options: dict[str, Any] = {
         "name": spec.package,
         "num_replicas": spec.replicas,
         "max_ongoing_requests": spec.max_ongoing_requests,
@@ -69,6 +69,9 @@ def deployment_options(spec: SectionSpec) -> dict[str, Any]:
         "ray_actor_options": {"num_cpus": spec.cpu_cost, "num_gpus": spec.gpu_cost},
         "max_surge_percent": MAX_SURGE_PERCENT,
     }
+    if spec.max_replicas_per_node is not None:
+        options["max_replicas_per_node"] = spec.max_replicas_per_node
+    return options
 
 
 def application(spec: SectionSpec, config: Config, artifacts: Artifacts) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,17 @@ def _deployment(app: Mapping[str, Any]) -> Mapping[str, Any]:
     return next(iter(deployments.values()), {})
 
 
+def node_labels(replicas: list[Mapping[str, Any]]) -> tuple[str, ...]:
+    """`ip xN` per node; the node id is added where several nodes share an IP."""
+    counts = Counter((str(r.get("node_ip") or "?"), str(r.get("node_id") or "?")) for r in replicas)
+    ips = Counter(ip for ip, _ in counts)
+    labels = []
+    for (ip, node_id), n in sorted(counts.items()):
+        name = f"{ip}/{node_id[:6]}" if ips[ip] > 1 else ip
+        labels.append(f"{name} x{n}" if n > 1 else name)
+    return tuple(labels)
+
+
 def app_row(name: str, app: Mapping[str, Any], base_url: str) -> Row:
     """One row for one Serve application (one conf.ini section)."""
     config = app.get("deployed_app_config") or {}
@@ -50,7 +62,7 @@ def app_row(name: str, app: Mapping[str, Any], base_url: str) -> Row:
         status = app_status if app_status != "RUNNING" else dep_status or app_status
     message = _ANSI.sub("", deployment.get("message") or app.get("message") or "")
     route = app.get("route_prefix") or config.get("route_prefix") or ""
-    nodes = tuple(sorted({str(r.get("node_ip") or r.get("node_id", "?")) for r in running}))
+    nodes = node_labels(running)
     return Row(
         section=section,
         url=f"{base_url}{route}",

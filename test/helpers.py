@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import textwrap
 import time
@@ -140,6 +141,21 @@ def start_test_cluster(num_cpus: int = 4, num_gpus: int = 2, ingress: str = "fas
         cluster.stop()
         raise
     return cluster
+
+
+def start_node(role: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """A Ray node started the way the docker image starts one: `python -m modelserve.node ROLE`."""
+    full_env = {**os.environ, **FAST_DRAIN_ENV, **env}
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "modelserve.node", role],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            cwd=REPO,
+            start_new_session=True,
+        )
 
 
 def session_commands(sid: int) -> set[str]:

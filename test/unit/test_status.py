@@ -22,7 +22,18 @@ def test_healthy_row() -> None:
         2,
         "HEALTHY",
     )
-    assert row.healthy and row.nodes == ("10.0.0.1",)
+    assert row.healthy and row.nodes == ("10.0.0.1 x2",)
+
+
+def test_node_labels_count_replicas_and_tell_nodes_on_one_ip_apart() -> None:
+    replicas = [
+        {"node_ip": "10.0.0.1", "node_id": "aaaaaaaa1"},
+        {"node_ip": "10.0.0.1", "node_id": "aaaaaaaa1"},
+        {"node_ip": "10.0.0.2", "node_id": "bbbbbbbb2"},
+    ]
+    assert status.node_labels(replicas) == ("10.0.0.1 x2", "10.0.0.2")
+    same_ip = [{"node_ip": "127.0.0.1", "node_id": "aaaaaa1"}, {"node_ip": "127.0.0.1", "node_id": "bbbbbb2"}]
+    assert status.node_labels(same_ip) == ("127.0.0.1/aaaaaa", "127.0.0.1/bbbbbb")
 
 
 def test_failed_row_keeps_the_message_without_colour_codes() -> None:
