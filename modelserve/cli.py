@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 from modelserve import bench, plan, status
 from modelserve.cluster import Cluster, ClusterError, resolve_dashboard, stop_local_head
 from modelserve.config import Config, ConfigError, load_config
-from modelserve.packaging import files_digest, staged_package
+from modelserve.packaging import files_digest, read_requirements, staged_package
 from modelserve.warmup import read_warmup
 
 EXIT_UNHEALTHY = 1
@@ -39,7 +39,12 @@ def _artifacts(config: Config, cluster: Cluster) -> plan.Artifacts:
         with staged_package(config.algopkg_dir, package) as staged:
             uris[package] = cluster.upload(staged)
     digests = {s.section: files_digest(config.model_zoo / f for f in s.model_files) for s in config.sections}
-    return plan.Artifacts(package_uri=uris, model_digest=digests)
+    requirements = {
+        s.package: read_requirements(config.algopkg_dir / s.package / "requirements.txt")
+        for s in config.sections
+        if s.env == "pip"
+    }
+    return plan.Artifacts(package_uri=uris, model_digest=digests, requirements=requirements)
 
 
 def _running_configs(details: dict[str, Any]) -> dict[str, dict[str, Any]]:

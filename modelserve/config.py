@@ -24,6 +24,7 @@ PACKAGE_PREFIX = "algopkg."
 ROUTE_RE = re.compile(r"^[A-Za-z0-9_.~-]+(/[A-Za-z0-9_.~-]+)*$")
 SECTION_RE = re.compile(r"^algopkg\.([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z0-9_-]+))?$")
 METHODS = ("GET", "POST")
+RAY_WORKER_PORTS = (10002, 19999)  # `ray start --min/max-worker-port` defaults
 
 
 class ConfigError(ValueError):
@@ -75,6 +76,7 @@ class SectionSpec:
     max_batch_size: int = 32
     batch_wait_ms: float = 0.0
     warmup: str = ""
+    env: str = ""
 
     @property
     def app_name(self) -> str:
@@ -182,6 +184,12 @@ def _json_object(raw: str) -> dict[str, Any]:
     return value
 
 
+def _env(raw: str) -> str:
+    if raw in ("", "pip") or (raw.startswith("conda:") and len(raw) > len("conda:")):
+        return raw
+    raise _Invalid("must be empty (the nodes' environment), `pip` (from the package's requirements.txt) or conda:NAME")
+
+
 def _ingress(raw: str) -> str:
     if raw not in ("fast", "proxy"):
         raise _Invalid("must be `fast` (HAProxy ingress) or `proxy` (Ray Serve's Python proxy)")
@@ -221,6 +229,7 @@ SECTION_KEYS: dict[str, _Key] = {
     "max_batch_size": _Key(_int(1, 4096), "32", "largest batch handed to infer_batch, when the backend has one"),
     "batch_wait_ms": _Key(_float(0, 60000), "0", "how long a batch waits to fill; 0 = take what is queued"),
     "warmup": _Key(_text, "", "JSON file in the package with requests each replica runs before traffic"),
+    "env": _Key(_env, "", "the package's Python environment: empty, pip, or conda:NAME"),
 }
 
 _SECTION_FIELDS = {
@@ -237,6 +246,7 @@ _SECTION_FIELDS = {
     "max_batch_size": "max_batch_size",
     "batch_wait_ms": "batch_wait_ms",
     "warmup": "warmup",
+    "env": "env",
 }
 
 
@@ -330,16 +340,32 @@ def _check_package(spec: SectionSpec, algopkg: Path, problems: list[str]) -> Non
             f"{where} backend = {spec.backend!r}: no class of that name in {backend_py}; "
             "set backend to the class name defined there"
         )
-    if spec.warmup and not (package_dir / spec.warmup).is_file():
+    _check_warmup(spec, package_dir, problems)
+    _check_env(spec, package_dir, problems)
+
+
+def _check_warmup(spec: SectionSpec, package_dir: Path, problems: list[str]) -> None:
+    if not spec.warmup:
+        return
+    path = package_dir / spec.warmup
+    if not path.is_file():
         problems.append(
-            f"{where} warmup = {spec.warmup!r}: file not found in {package_dir}; "
+            f"[{spec.section}] warmup = {spec.warmup!r}: file not found in {package_dir}; "
             "put a JSON file of requests there or remove the key"
         )
-    elif spec.warmup:
-        try:
-            read_warmup(package_dir / spec.warmup)
-        except WarmupError as exc:
-            problems.append(f"{where} warmup = {spec.warmup!r}: {exc}")
+        return
+    try:
+        read_warmup(path)
+    except WarmupError as exc:
+        problems.append(f"[{spec.section}] warmup = {spec.warmup!r}: {exc}")
+
+
+def _check_env(spec: SectionSpec, package_dir: Path, problems: list[str]) -> None:
+    if spec.env == "pip" and not (package_dir / "requirements.txt").is_file():
+        problems.append(
+            f"[{spec.section}] env = 'pip': {package_dir / 'requirements.txt'} does not exist; "
+            "list the package's dependencies there, or remove the key to use the nodes' environment"
+        )
 
 
 def _check_models(spec: SectionSpec, zoo: Path, problems: list[str]) -> None:
@@ -389,6 +415,11 @@ def load_config(path: Path | str) -> Config:
         problems.append(f"[{SERVE_SECTION}] is missing; add it with at least `port = 8000`")
     serve_items = dict(parser.items(SERVE_SECTION)) if parser.has_section(SERVE_SECTION) else {}
     serve = _serve_settings(path.parent, _parse_keys(SERVE_SECTION, serve_items, SERVE_KEYS, problems))
+    if RAY_WORKER_PORTS[0] <= serve.dashboard_port <= RAY_WORKER_PORTS[1]:
+        problems.append(
+            f"[{SERVE_SECTION}] dashboard_port = {serve.dashboard_port}: Ray keeps {RAY_WORKER_PORTS[0]}-"
+            f"{RAY_WORKER_PORTS[1]} for its workers; choose a port outside that range, e.g. 8265"
+        )
     specs: list[SectionSpec] = []
     for name in parser.sections():
         if name == SERVE_SECTION:

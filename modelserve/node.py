@@ -12,6 +12,7 @@ import random
 import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ _INTERNAL_PORT_FLAGS = (
 )
 
 NODE_ENV: dict[str, str] = {
-    "MODELSERVE_NODE_IP": "address other nodes reach this node at (default 127.0.0.1)",
+    "MODELSERVE_NODE_IP": "address other nodes reach this node at: an IP, or auto (default 127.0.0.1)",
     "RAY_HEAD_ADDRESS": "worker: the head's GCS address, host:port (required)",
     "RAY_GCS_PORT": "head: GCS port (default 6379)",
     "RAY_DASHBOARD_HOST": "head: dashboard bind address (default 127.0.0.1)",
@@ -77,6 +78,19 @@ def _int_env(env: Mapping[str, str], name: str) -> int | None:
         raise NodeError(f"{name}={raw!r} must be a whole number") from None
 
 
+def detect_ip(toward: str = "") -> str:
+    """The local address that routes toward `toward` (host[:port]), else the hostname's address."""
+    host = toward.rsplit(":", 1)[0] if toward else ""
+    if host:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.connect((host, 9))  # UDP: nothing is sent
+                return str(sock.getsockname()[0])
+            except OSError:
+                pass
+    return socket.gethostbyname(socket.gethostname())
+
+
 def spec_from_env(role: str, env: Mapping[str, str]) -> NodeSpec:
     """Read a node's settings from environment variables (see `NODE_ENV`)."""
     if role not in ("head", "worker"):
@@ -86,9 +100,12 @@ def spec_from_env(role: str, env: Mapping[str, str]) -> NodeSpec:
     ingress = env.get("MODELSERVE_INGRESS", "fast")
     if ingress not in ("fast", "proxy"):
         raise NodeError(f"MODELSERVE_INGRESS={ingress!r}: use fast or proxy")
+    node_ip = env.get("MODELSERVE_NODE_IP", "127.0.0.1")
+    if node_ip == "auto":
+        node_ip = detect_ip(env.get("RAY_HEAD_ADDRESS", ""))
     return NodeSpec(
         role=role,
-        node_ip=env.get("MODELSERVE_NODE_IP", "127.0.0.1"),
+        node_ip=node_ip,
         head_address=env.get("RAY_HEAD_ADDRESS", ""),
         gcs_port=_int_env(env, "RAY_GCS_PORT") or 6379,
         dashboard_host=env.get("RAY_DASHBOARD_HOST", "127.0.0.1"),
@@ -145,10 +162,10 @@ def node_env(spec: NodeSpec, base: Mapping[str, str] | None = None) -> dict[str,
         # Replicas serve HAProxy on ports from a range that every node of every cluster
         # on a host would otherwise share (30000-31000): a port one cluster frees can be
         # taken by another's replica while the first's HAProxy still routes to it.
-        base = 20000 + 100 * random.randrange(100)
+        port_base = 20000 + 100 * random.randrange(100)
         for kind, offset in (("HTTP", 0), ("GRPC", 20000)):
-            env.setdefault(f"RAY_SERVE_DIRECT_INGRESS_MIN_{kind}_PORT", str(base + offset))
-            env.setdefault(f"RAY_SERVE_DIRECT_INGRESS_MAX_{kind}_PORT", str(base + offset + 99))
+            env.setdefault(f"RAY_SERVE_DIRECT_INGRESS_MIN_{kind}_PORT", str(port_base + offset))
+            env.setdefault(f"RAY_SERVE_DIRECT_INGRESS_MAX_{kind}_PORT", str(port_base + offset + 99))
     if spec.role == "worker" and spec.worker_http_port:
         env["RAY_SERVE_WORKER_PROXY_HTTP_PORT"] = str(spec.worker_http_port)
     return env
@@ -187,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"starting Ray {spec.role} on {spec.node_ip}: {' '.join(cmd)}", flush=True)
-    os.execve(cmd[0], cmd, node_env(spec))
+    env = node_env(spec)
+    os.chdir(tempfile.gettempdir())  # workers inherit the cwd: keep a project's algopkg/ off their path
+    os.execve(cmd[0], cmd, env)
     return 0  # not reached
 
 

@@ -28,6 +28,12 @@ def staged_package(algopkg_dir: Path, package: str) -> Iterator[Path]:
         yield staged
 
 
+def read_requirements(path: Path) -> tuple[str, ...]:
+    """The requirement lines of a requirements.txt, without comments and blank lines."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return tuple(line for line in lines if line)
+
+
 def files_digest(paths: Iterable[Path], chunk_bytes: int = 1 << 20) -> str:
     """sha256 over the names and contents of files, in order."""
     digest = hashlib.sha256()

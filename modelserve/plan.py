@@ -12,7 +12,7 @@ apart from what updates in place:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from modelserve.config import Config, SectionSpec
@@ -30,6 +30,7 @@ class Artifacts:
 
     package_uri: Mapping[str, str]
     model_digest: Mapping[str, str]
+    requirements: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,15 @@ def deployment_options(spec: SectionSpec) -> dict[str, Any]:
     return options
 
 
+def package_env(spec: SectionSpec, artifacts: Artifacts) -> dict[str, Any]:
+    """The runtime_env keys of the section's own Python environment (built by Ray on each node)."""
+    if spec.env == "pip":
+        return {"pip": {"packages": list(artifacts.requirements[spec.package]), "pip_check": False}}
+    if spec.env.startswith("conda:"):
+        return {"conda": spec.env.split(":", 1)[1]}
+    return {}
+
+
 def application(spec: SectionSpec, config: Config, artifacts: Artifacts) -> dict[str, Any]:
     env_vars = {
         "MODEL_ZOO": str(config.model_zoo),
@@ -84,7 +94,11 @@ def application(spec: SectionSpec, config: Config, artifacts: Artifacts) -> dict
         "name": spec.app_name,
         "route_prefix": f"/{spec.route}",
         "import_path": IMPORT_PATH,
-        "runtime_env": {"py_modules": [artifacts.package_uri[spec.package]], "env_vars": env_vars},
+        "runtime_env": {
+            "py_modules": [artifacts.package_uri[spec.package]],
+            "env_vars": env_vars,
+            **package_env(spec, artifacts),
+        },
         "args": section_args(spec, config, artifacts.model_digest[spec.section]),
         "deployments": [deployment_options(spec)],
     }

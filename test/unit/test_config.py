@@ -70,6 +70,9 @@ def test_variants_of_one_package(project: Path) -> None:
             "max_batch_size = 1\nbatch_wait_ms = 5",
             "batch_wait_ms = 5: waiting only makes sense with max_batch_size > 1",
         ),
+        ("env = venv", "env = 'venv': must be empty"),
+        ("env = conda:", "env = 'conda:'"),
+        ("env = pip", "env = 'pip': "),
         ("warmup = backend.py", "warmup = 'backend.py': cannot read backend.py as JSON"),
     ],
 )
@@ -107,7 +110,8 @@ def test_unknown_section_and_missing_package(project: Path) -> None:
 
 
 def test_serve_section_errors(project: Path) -> None:
-    found = problems(project, EXAMPLE, port="http", colour="red", ingress="warp")
+    found = problems(project, EXAMPLE, port="http", colour="red", ingress="warp", dashboard_port=18265)
+    assert any("[MODEL SERVE] dashboard_port = 18265: Ray keeps 10002-19999" in p for p in found)
     assert any("[MODEL SERVE] port = 'http'" in p for p in found)
     assert any("[MODEL SERVE] colour: unknown key" in p for p in found)
     assert any("[MODEL SERVE] ingress = 'warp'" in p for p in found)

@@ -42,6 +42,16 @@ def test_one_application_per_section(config: Config) -> None:
     assert deployment["max_surge_percent"] == 25
 
 
+def test_package_environments(config: Config) -> None:
+    from dataclasses import replace
+
+    spec = config.sections[0]
+    pip = plan.package_env(replace(spec, env="pip"), plan.Artifacts({}, {}, {"Echo": ("numpy==1.26",)}))
+    assert pip == {"pip": {"packages": ["numpy==1.26"], "pip_check": False}}
+    assert plan.package_env(replace(spec, env="conda:Echo"), artifacts()) == {"conda": "Echo"}
+    assert plan.package_env(spec, artifacts()) == {}
+
+
 def running_copy(desired: dict) -> dict:
     """What Ray reports back: our keys plus defaults it fills in."""
     apps = {}

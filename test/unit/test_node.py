@@ -1,0 +1,78 @@
+from pathlib import Path
+
+import pytest
+
+from modelserve.node import NodeError, ensure_token, main, node_env, ray_start_command, spec_from_env
+
+
+def flags(cmd: list[str]) -> dict[str, str]:
+    return dict(arg[2:].split("=", 1) for arg in cmd if arg.startswith("--") and "=" in arg)
+
+
+def test_head_defaults_expose_nothing() -> None:
+    spec = spec_from_env("head", {})
+    cmd = ray_start_command(spec)
+    assert "--head" in cmd and "--block" in cmd
+    assert flags(cmd)["dashboard-host"] == "127.0.0.1" and flags(cmd)["node-ip-address"] == "127.0.0.1"
+    assert flags(cmd)["port"] == "6379" and flags(cmd)["dashboard-port"] == "8265"
+    env = node_env(spec, {})
+    assert env["RAY_AUTH_MODE"] == "token" and env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] != "8404"
+    low, high = int(env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]), int(env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"])
+    assert 20000 <= low < high < 30000
+
+
+def test_worker_settings_from_env() -> None:
+    env = {
+        "RAY_HEAD_ADDRESS": "10.0.0.1:6379",
+        "RAY_NUM_CPUS": "8",
+        "RAY_NUM_GPUS": "2",
+        "RAY_RESOURCES": '{"camera": 1}',
+        "MODELSERVE_INGRESS": "proxy",
+        "MODELSERVE_WORKER_HTTP_PORT": "8001",
+    }
+    spec = spec_from_env("worker", env)
+    cmd = ray_start_command(spec)
+    assert "--head" not in cmd
+    assert flags(cmd)["address"] == "10.0.0.1:6379" and flags(cmd)["num-cpus"] == "8" and flags(cmd)["num-gpus"] == "2"
+    assert flags(cmd)["resources"] == '{"camera": 1}'
+    node = node_env(spec, {"RAY_SERVE_ENABLE_HA_PROXY": "1"})
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in node and node["RAY_SERVE_WORKER_PROXY_HTTP_PORT"] == "8001"
+
+
+def test_auto_node_ip_is_the_address_toward_the_head() -> None:
+    assert (
+        spec_from_env("worker", {"RAY_HEAD_ADDRESS": "127.0.0.1:6379", "MODELSERVE_NODE_IP": "auto"}).node_ip
+        == "127.0.0.1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("role", "env", "message"),
+    [
+        ("worker", {}, "RAY_HEAD_ADDRESS"),
+        ("head", {"RAY_NUM_CPUS": "many"}, "RAY_NUM_CPUS='many'"),
+        ("head", {"MODELSERVE_INGRESS": "warp"}, "MODELSERVE_INGRESS"),
+        ("tail", {}, "unknown role"),
+    ],
+)
+def test_bad_settings_say_which_variable(role: str, env: dict, message: str) -> None:
+    with pytest.raises(NodeError, match=message):
+        spec_from_env(role, env)
+
+
+def test_token_is_created_by_a_head_and_required_by_a_worker(tmp_path: Path) -> None:
+    env = {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "token")}
+    with pytest.raises(NodeError, match="give this worker the head's token"):
+        ensure_token(env, create=False)
+    ensure_token(env, create=True)
+    token = (tmp_path / "token").read_text()
+    assert len(token) == 64 and (tmp_path / "token").stat().st_mode & 0o077 == 0
+    ensure_token(env, create=False)
+    assert (tmp_path / "token").read_text() == token
+
+
+def test_main_usage_and_errors(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert main(["--help"]) == 0 and "RAY_HEAD_ADDRESS" in capsys.readouterr().out
+    monkeypatch.delenv("RAY_HEAD_ADDRESS", raising=False)
+    assert main(["worker"]) == 2 and "RAY_HEAD_ADDRESS" in capsys.readouterr().err
