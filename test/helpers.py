@@ -167,6 +167,44 @@ def session_commands(sid: int) -> set[str]:
     return names
 
 
+def _listening_inodes() -> dict[str, tuple[str, int]]:
+    """inode -> (address, port) of every listening TCP socket, from /proc/net/tcp{,6}."""
+    found = {}
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A":  # LISTEN
+                continue
+            hex_ip, hex_port = fields[1].split(":")
+            raw = bytes.fromhex(hex_ip)
+            if width == 8:
+                ip = ".".join(str(b) for b in reversed(raw))
+            else:
+                words = [raw[i : i + 4][::-1] for i in range(0, 16, 4)]
+                ip = "::" if not any(raw) else ":".join(w.hex() for w in words)
+                if raw[:12] == bytes(10) + b"\xff\xff":
+                    ip = ".".join(str(b) for b in words[3])
+            found[fields[9]] = (ip, int(hex_port, 16))
+    return found
+
+
+def listeners(sid: int) -> list[tuple[str, str, int]]:
+    """(process name, address, port) of every socket the session's processes listen on."""
+    inodes = _listening_inodes()
+    result = set()
+    for pid in session_members(sid):
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:
+            continue
+        for link in links:
+            inode = link[len("socket:[") : -1] if link.startswith("socket:[") else ""
+            if inode in inodes:
+                result.add((name, *inodes[inode]))
+    return sorted(result)
+
+
 def isolate_ray_token(directory: Path) -> None:
     """Use a token of the tests' own, never the user's ~/.ray/auth_token."""
     token = directory / "auth_token"

@@ -202,3 +202,18 @@ def test_losing_a_worker_keeps_serving_and_rejoining_restores_replicas(nodes: Tw
     wait_for(lambda: alive_nodes(nodes.dashboard_url) == 2, 90, "the worker to rejoin")
     wait_for(lambda: sorted(replicas_per_node(nodes, "Echo:pinned").values()) == [1, 1], 120, "2/2 pinned replicas")
     assert call(f"http://127.0.0.1:{nodes.http_port}/pinned", {"n": 1}).status == 200
+
+
+def test_what_listens_where(nodes: TwoNodes, conf: Path) -> None:
+    """The dashboard and the HTTP port stay on loopback; what Ray opens on all interfaces is known."""
+    from helpers import listeners
+
+    found = listeners(nodes.head.pid)
+    dashboard_port = int(nodes.dashboard_url.rsplit(":", 1)[1])
+    print("\n" + "\n".join(f"  {name:28} {ip:>15}:{port}" for name, ip, port in found))
+    assert {ip for _, ip, port in found if port == dashboard_port} == {"127.0.0.1"}
+    assert {ip for _, ip, port in found if port == nodes.http_port} == {"127.0.0.1"}
+    public = {name for name, ip, _ in found if ip in ("0.0.0.0", "::")}
+    # Ray 2.60's own gRPC servers (token-protected) and HAProxy's read-only stats/metrics pages.
+    known = ("gcs_server", "raylet", "haproxy", "ray::", "ray-dashboard", "python")
+    assert public and all(name.startswith(known) for name in public), public
