@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 from modelserve import bench, plan, status
 from modelserve.cluster import Cluster, ClusterError, resolve_dashboard, stop_local_head
 from modelserve.config import Config, ConfigError, load_config
-from modelserve.packaging import files_digest, read_requirements, staged_package
+from modelserve.packaging import files_digest, read_requirements, runtime_digest, staged_package
 from modelserve.warmup import read_warmup
 
 EXIT_UNHEALTHY = 1
@@ -44,7 +44,7 @@ def _artifacts(config: Config, cluster: Cluster) -> plan.Artifacts:
         for s in config.sections
         if s.env == "pip"
     }
-    return plan.Artifacts(package_uri=uris, model_digest=digests, requirements=requirements)
+    return plan.Artifacts(uris, digests, requirements, runtime_digest())
 
 
 def _running_configs(details: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -74,7 +74,7 @@ class SectionSpec:
     max_replicas_per_node: int | None = None
     user_config: Mapping[str, Any] = field(default_factory=dict)
     max_batch_size: int = 32
-    batch_wait_ms: float = 0.0
+    batch_wait_ms: float = 5.0
     warmup: str = ""
     env: str = ""
 
@@ -227,7 +227,9 @@ SECTION_KEYS: dict[str, _Key] = {
     "max_replicas_per_node": _Key(_optional_int(1, 1024), "", "at most this many replicas on one node (spread)"),
     "user_config": _Key(_json_object, "", "JSON object passed to the backend's reconfigure(); updates in place"),
     "max_batch_size": _Key(_int(1, 4096), "32", "largest batch handed to infer_batch, when the backend has one"),
-    "batch_wait_ms": _Key(_float(0, 60000), "0", "how long a batch waits to fill; 0 = take what is queued"),
+    "batch_wait_ms": _Key(
+        _float(0, 60000), "5", "how long a batch may wait to fill, only while other requests are in flight"
+    ),
     "warmup": _Key(_text, "", "JSON file in the package with requests each replica runs before traffic"),
     "env": _Key(_env, "", "the package's Python environment: empty, pip, or conda:NAME"),
 }
@@ -394,14 +396,6 @@ def _check_routes(specs: list[SectionSpec], problems: list[str]) -> None:
             owner.setdefault(path, (spec.section, what))
 
 
-def _check_batching(spec: SectionSpec, problems: list[str]) -> None:
-    if spec.batch_wait_ms > 0 and spec.max_batch_size == 1:
-        problems.append(
-            f"[{spec.section}] batch_wait_ms = {spec.batch_wait_ms:g}: waiting only makes sense with "
-            "max_batch_size > 1; raise max_batch_size or set batch_wait_ms = 0"
-        )
-
-
 def load_config(path: Path | str) -> Config:
     """Read and validate a conf.ini.
 
@@ -436,7 +430,6 @@ def load_config(path: Path | str) -> Config:
             spec = _section_spec(name, values)
             _check_package(spec, path.parent / "algopkg", problems)
             _check_models(spec, serve.model_zoo, problems)
-            _check_batching(spec, problems)
             specs.append(spec)
     _check_routes(specs, problems)
     if problems:

@@ -57,6 +57,8 @@ class ModelReplica:
         self._backend: Backend = create_backend(cls, spec["model_zoo"], list(spec["model_files"]))
         self._batched = has_batch_method(self._backend)
         self._max_batch_size = 1
+        self._batch_wait_s = 0.0
+        self._in_flight = 0
         self.warmed_up = 0
         if spec.get("warmup"):
             package_dir = Path(importlib.import_module(f"algopkg.{spec['package']}").__path__[0])
@@ -81,7 +83,6 @@ class ModelReplica:
         self._max_batch_size = int(config.get("max_batch_size", 1))
         self._batch_wait_s = float(config.get("batch_wait_ms", 0)) / 1000
         self._infer_batched.set_max_batch_size(self._max_batch_size)  # type: ignore[attr-defined,misc]
-        self._infer_batched.set_batch_wait_timeout_s(self._batch_wait_s)  # type: ignore[attr-defined,misc]
         self._backend.reconfigure(dict(config.get("user", {})))
 
     def check_health(self) -> None:
@@ -112,8 +113,19 @@ class ModelReplica:
             raise MethodNotAllowed(request.method, self._methods)
         params = envelope.parse_params(await request.body(), request.query_params)
         if self._batched and self._max_batch_size > 1:
-            return await self._infer_batched(params, request_id)  # type: ignore[misc,call-arg]
+            return await self._infer_in_batch(params, request_id)
         return await self._run(self._backend.infer, params, request_id)
+
+    async def _infer_in_batch(self, params: dict[str, Any], request_id: str) -> Any:
+        """Ray's batch window is fixed; ours holds a batch open only while other requests are
+        in flight on this replica, so a lone request never waits for company."""
+        self._in_flight += 1
+        try:
+            wait_s = self._batch_wait_s if self._in_flight > 1 else 0.0
+            self._infer_batched.set_batch_wait_timeout_s(wait_s)  # type: ignore[attr-defined,misc]
+            return await self._infer_batched(params, request_id)  # type: ignore[misc,call-arg]
+        finally:
+            self._in_flight -= 1
 
     async def _run(self, fn: Callable[[Any], Any], arg: Any, request_id: str) -> Any:
         """Run model code on the replica's one model thread, so the event loop stays free."""

@@ -34,6 +34,11 @@ def read_requirements(path: Path) -> tuple[str, ...]:
     return tuple(line for line in lines if line)
 
 
+def runtime_digest() -> str:
+    """Digest of modelserve's own sources: a new runtime rolls the replicas like new package code."""
+    return files_digest(sorted(Path(__file__).parent.glob("*.py")))
+
+
 def files_digest(paths: Iterable[Path], chunk_bytes: int = 1 << 20) -> str:
     """sha256 over the names and contents of files, in order."""
     digest = hashlib.sha256()

@@ -31,6 +31,7 @@ class Artifacts:
     package_uri: Mapping[str, str]
     model_digest: Mapping[str, str]
     requirements: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    runtime_digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class Change:
     action: str  # "new", "roll out", "update in place", "unchanged", "remove"
 
 
-def section_args(spec: SectionSpec, config: Config, model_digest: str) -> dict[str, Any]:
+def section_args(spec: SectionSpec, config: Config, model_digest: str, runtime_digest: str = "") -> dict[str, Any]:
     return {
         "section": spec.section,
         "deployment": spec.package,
@@ -48,6 +49,7 @@ def section_args(spec: SectionSpec, config: Config, model_digest: str) -> dict[s
         "model_zoo": str(config.model_zoo),
         "model_files": list(spec.model_files),
         "model_digest": model_digest,
+        "runtime_digest": runtime_digest,
         "methods": list(spec.methods),
         "warmup": spec.warmup,
     }
@@ -99,7 +101,7 @@ def application(spec: SectionSpec, config: Config, artifacts: Artifacts) -> dict
             "env_vars": env_vars,
             **package_env(spec, artifacts),
         },
-        "args": section_args(spec, config, artifacts.model_digest[spec.section]),
+        "args": section_args(spec, config, artifacts.model_digest[spec.section], artifacts.runtime_digest),
         "deployments": [deployment_options(spec)],
     }
 

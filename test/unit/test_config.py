@@ -66,10 +66,6 @@ def test_variants_of_one_package(project: Path) -> None:
         ("model = missing.pb", "model = 'missing.pb': file not found in model_zoo"),
         ("backend = nope", "backend = 'nope': no class of that name"),
         ("warmup = none.json", "warmup = 'none.json': file not found"),
-        (
-            "max_batch_size = 1\nbatch_wait_ms = 5",
-            "batch_wait_ms = 5: waiting only makes sense with max_batch_size > 1",
-        ),
         ("env = venv", "env = 'venv': must be empty"),
         ("env = conda:", "env = 'conda:'"),
         ("env = pip", "env = 'pip': "),
