@@ -144,11 +144,12 @@ def start_test_cluster(num_cpus: int = 4, num_gpus: int = 2, ingress: str = "fas
 
 
 def start_node(role: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """A Ray node started the way the docker image starts one: `python -m modelserve.node ROLE`."""
-    full_env = {**os.environ, **FAST_DRAIN_ENV, **env}
+    """A Ray node started by the docker image's entrypoint script, run directly (no docker)."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    full_env = {**os.environ, **FAST_DRAIN_ENV, **env, "PATH": path}
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "modelserve.node", role],
+            ["sh", str(REPO / "docker" / "entrypoint.sh"), role],
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,

@@ -10,7 +10,11 @@ def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
 
     import ray
 
+    import modelserve.cli
     import modelserve.cluster
+    import modelserve.node
 
     monkeypatch.setattr(ray, "init", forbidden)
-    monkeypatch.setattr(modelserve.cluster.subprocess, "Popen", forbidden)
+    monkeypatch.setattr(modelserve.cluster, "start_local_head", forbidden)
+    monkeypatch.setattr(modelserve.cli, "Cluster", forbidden)
+    monkeypatch.setattr(modelserve.node.os, "execve", forbidden)
