@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -14,16 +12,13 @@ from typing import Any
 
 import requests
 
+from modelserve.cluster import session_members, stop_session  # noqa: F401 - used by run.py too
+from modelserve.node import free_port  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[1]
 #: Never leak into a server's environment: each server picks its own cluster, auth and ingress.
 RAY_ENV_KEYS = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED")
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -47,16 +42,6 @@ def _stat(pid: str) -> list[str] | None:
         return None
 
 
-def session_members(sid: int) -> list[int]:
-    """Live processes of the session led by `sid` (zombies, which no signal ends, do not count)."""
-    members = []
-    for entry in os.listdir("/proc"):
-        fields = _stat(entry) if entry.isdigit() else None
-        if fields and fields[0] != "Z" and int(fields[3]) == sid:
-            members.append(int(entry))
-    return members
-
-
 def pids_with_arg(arg: str) -> list[int]:
     """Processes whose command line contains exactly `arg` (used to find a Ray head by its unique port)."""
     found = []
@@ -70,21 +55,6 @@ def pids_with_arg(arg: str) -> list[int]:
 def session_of(pid: int) -> int | None:
     fields = _stat(str(pid))
     return int(fields[3]) if fields else None
-
-
-def stop_session(sid: int, grace_s: float = 5.0) -> None:
-    """SIGTERM every process of the session, then SIGKILL what is left after `grace_s`."""
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-        for pid in session_members(sid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(sid, os.WNOHANG)
-            if not session_members(sid):
-                return
-            time.sleep(0.2)
 
 
 def wait_until(ready: Callable[[], bool], timeout_s: float, alive: Callable[[], bool] = lambda: True) -> bool:
