@@ -59,10 +59,10 @@ class ModelReplica:
         self._max_batch_size = 1
         self._batch_wait_s = 0.0
         self._in_flight = 0
-        self.warmed_up = 0
+        self._warmup: Path | None = None
         if spec.get("warmup"):
             package_dir = Path(importlib.import_module(f"algopkg.{spec['package']}").__path__[0])
-            self._warm_up(package_dir / spec["warmup"])
+            self._warmup = package_dir / spec["warmup"]
 
     def _warm_up(self, path: Path) -> None:
         try:
@@ -74,16 +74,20 @@ class ModelReplica:
                 self._backend.infer(params)
             except Exception as exc:
                 raise ModelLoadError(f"warm-up request {params!r} failed: {exc!r}") from exc
-            self.warmed_up += 1
         if self._batched:
             self._backend.infer_batch(requests)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        """Ray Serve calls this with `user_config` at start and on every in-place update."""
+        """Ray Serve calls this with `user_config` while the replica starts (before it is ready)
+        and on every in-place update. Warm-up runs after the first call, as the backend's
+        own `reconfigure` may set state its inference needs (the original template's does)."""
         self._max_batch_size = int(config.get("max_batch_size", 1))
         self._batch_wait_s = float(config.get("batch_wait_ms", 0)) / 1000
         self._infer_batched.set_max_batch_size(self._max_batch_size)  # type: ignore[attr-defined,misc]
         self._backend.reconfigure(dict(config.get("user", {})))
+        if self._warmup is not None:
+            warmup, self._warmup = self._warmup, None
+            self._warm_up(warmup)
 
     def check_health(self) -> None:
         self._backend.check_health()

@@ -23,6 +23,7 @@ route = legacy
 method = POST
 cpu_cost = 0.5
 user_config = {"threshold": 1.5}
+warmup = warmup.json
 """
 
 
