@@ -57,7 +57,8 @@ def _check_http_options(config: Config, details: dict[str, Any]) -> None:
     if details.get("applications") and running.get("port") not in (None, config.serve.port):
         print(
             f"warning: Serve on this cluster already listens on port {running['port']}; "
-            f"[MODEL SERVE] port = {config.serve.port} takes effect after `controller.py down`",
+            f"[MODEL SERVE] port = {config.serve.port} takes effect once Serve restarts there "
+            "(for the local cluster: `controller.py down --stop-cluster`, then apply)",
             file=sys.stderr,
         )
 

@@ -24,7 +24,7 @@ from typing import Any
 import requests
 
 from modelserve.config import ServeSettings
-from modelserve.node import NodeSpec, ensure_token, free_port, node_env, ray_start_command
+from modelserve.node import NodeSpec, ensure_token, free_port, has_token, node_env, ray_start_command
 
 STATE_FILE = "cluster.json"
 
@@ -62,8 +62,7 @@ def use_token_if_available() -> bool:
     """Turn on Ray token auth for this process when a token exists (the default for our heads)."""
     mode = os.environ.get("RAY_AUTH_MODE")
     if mode is None:
-        token_path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
-        if not (os.environ.get("RAY_AUTH_TOKEN") or Path(token_path).is_file()):
+        if not has_token(os.environ):
             return False
         os.environ["RAY_AUTH_MODE"] = "token"
     elif mode != "token":

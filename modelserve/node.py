@@ -175,9 +175,13 @@ def token_path(env: Mapping[str, str]) -> Path:
     return Path(env.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
 
 
+def has_token(env: Mapping[str, str]) -> bool:
+    return bool(env.get("RAY_AUTH_TOKEN")) or token_path(env).is_file()
+
+
 def ensure_token(env: Mapping[str, str], create: bool) -> None:
     """A head creates the cluster's token if none exists; a worker must be given it."""
-    if env.get("RAY_AUTH_TOKEN") or token_path(env).is_file():
+    if has_token(env):
         return
     if not create:
         raise NodeError("token auth is on: give this worker the head's token in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")

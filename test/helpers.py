@@ -28,6 +28,17 @@ FIXTURES = REPO / "test" / "fixtures"
 FAST_DRAIN_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5", "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "5"}
 
 
+#: The Echo fixture package as a conf.ini section (POST, half a CPU).
+ECHO_SECTION = """
+[algopkg.Echo]
+backend = Echo
+model = echo_model.txt
+route = echo
+method = POST
+cpu_cost = 0.5
+"""
+
+
 def make_project(root: Path) -> Path:
     """A project dir with the example and the fixture packages, and their model files."""
     (root / "algopkg").mkdir(parents=True, exist_ok=True)

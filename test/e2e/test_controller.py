@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, TestCluster, call, make_project, session_commands, wait_for, write_conf
+from helpers import ECHO_SECTION, REPO, TestCluster, call, make_project, session_commands, wait_for, write_conf
 
 from modelserve.cluster import Cluster, dashboard_answers
 from modelserve.node import free_port
@@ -27,14 +27,7 @@ warmup = warmup.json
 """
 
 
-ECHO = """
-[algopkg.Echo]
-backend = Echo
-model = echo_model.txt
-route = echo
-method = POST
-cpu_cost = 0.5
-"""
+ECHO = ECHO_SECTION
 
 
 def controller(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import FIXTURES, TestCluster, call, make_project, session_commands, wait_for, write_conf
+from helpers import ECHO_SECTION, FIXTURES, TestCluster, call, make_project, session_commands, wait_for, write_conf
 
 from modelserve.cli import main
 
@@ -26,14 +26,7 @@ cpu_cost = 0.5
 gpu_cost = 0.5
 """
 SMALL = EXAMPLE.replace("[algopkg.AlgoExample]", "[algopkg.AlgoExample:small]").replace("extract", "small")
-ECHO = """
-[algopkg.Echo]
-backend = Echo
-model = echo_model.txt
-route = echo
-method = POST
-cpu_cost = 0.5
-"""
+ECHO = ECHO_SECTION
 SAMPLES = json.loads((FIXTURES / "digits_samples.json").read_text())
 
 
