@@ -21,6 +21,12 @@ IMPORT_PATH = "modelserve.app:build"
 #: Start a replacement replica (at least one, 25% of the target) before stopping
 #: an old one: a new version that fails to load never takes down the running one.
 MAX_SURGE_PERCENT = 25
+#: Ray Serve settings each replica process reads when it starts. They travel in the section's
+#: runtime_env, so they hold however the nodes were started. With the user code on the replica's
+#: own event loop, a request is no longer handed to a second loop thread and back (Ray's
+#: RAY_SERVE_THROUGHPUT_OPTIMIZED does the same); the loop never blocks on the model, which
+#: runs on the replica's model thread. `make bench`: 1,302 -> 1,598 requests/s at 32 connections.
+REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
 _CODE_KEYS = ("import_path", "runtime_env", "args", "route_prefix")
 
 
@@ -63,7 +69,7 @@ def user_config(spec: SectionSpec) -> dict[str, Any]:
     }
 
 
-def deployment_options(spec: SectionSpec) -> dict[str, Any]:
+def deployment_options(spec: SectionSpec, access_log: bool = False) -> dict[str, Any]:
     options: dict[str, Any] = {
         "name": spec.package,
         "num_replicas": spec.replicas,
@@ -71,6 +77,9 @@ def deployment_options(spec: SectionSpec) -> dict[str, Any]:
         "user_config": user_config(spec),
         "ray_actor_options": {"num_cpus": spec.cpu_cost, "num_gpus": spec.gpu_cost},
         "max_surge_percent": MAX_SURGE_PERCENT,
+        # Serve's access log costs ~15% of a replica's throughput (`make bench`); like gunicorn's,
+        # it is off unless `[MODEL SERVE] access_log = on`. Errors are logged either way.
+        "logging_config": {"enable_access_log": access_log},
     }
     if spec.max_replicas_per_node is not None:
         options["max_replicas_per_node"] = spec.max_replicas_per_node
@@ -91,6 +100,7 @@ def application(spec: SectionSpec, config: Config, artifacts: Artifacts) -> dict
         "MODEL_ZOO": str(config.model_zoo),
         "MODEL_NAME": spec.app_name,
         "MODEL_FILES": ",".join(spec.model_files),
+        **REPLICA_ENV,
     }
     return {
         "name": spec.app_name,
@@ -102,7 +112,7 @@ def application(spec: SectionSpec, config: Config, artifacts: Artifacts) -> dict
             **package_env(spec, artifacts),
         },
         "args": section_args(spec, config, artifacts.model_digest[spec.section], artifacts.runtime_digest),
-        "deployments": [deployment_options(spec)],
+        "deployments": [deployment_options(spec, config.serve.access_log)],
     }
 
 

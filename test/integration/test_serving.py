@@ -121,6 +121,7 @@ def test_model_files_and_env_reach_the_backend(project: Path, cluster: TestClust
         "MODEL_NAME": "Echo",
         "MODEL_FILES": "echo_model.txt",
     }
+    assert result["serve_env"] == {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
 
 
 def test_unchanged_reapply_restarts_nothing(
@@ -143,6 +144,34 @@ def test_replicas_and_user_config_update_in_place(
     assert len(pids) == 2 and old_pid in pids
     seen = {echo(cluster)["pid"]: echo(cluster)["config"] for _ in range(20)}
     assert all(config == {"threshold": 0.7} for config in seen.values())
+
+
+def test_access_log_is_off_by_default_and_turns_on_in_place(
+    project: Path, cluster: TestCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def access_logged(reply: Any) -> bool:
+        (log,) = reply.body["result"]["log_files"]
+        lines = Path(log).read_text().splitlines()
+        return any(reply.body["request_id"] in line and "POST /echo 200" in line for line in lines)
+
+    code, out = apply(project, cluster, capsys, EXAMPLE, SMALL, ECHO)
+    assert code == 0, out
+    before = replica_pids(cluster, "Echo")
+    quiet = call(f"{cluster.base_url}/echo", {"n": 1})
+    time.sleep(1)
+    assert quiet.status == 200 and not access_logged(quiet)
+
+    conf = write_conf(project, {**cluster.serve(), "access_log": "on"}, EXAMPLE, SMALL, ECHO)
+    code = main(["-c", str(conf)])
+    out = capsys.readouterr().out
+    assert code == 0 and "update in place  Echo" in out, out
+    assert replica_pids(cluster, "Echo") == before
+    loud = call(f"{cluster.base_url}/echo", {"n": 2})
+    assert loud.status == 200
+    wait_for(lambda: access_logged(loud), timeout_s=10, what="an access-log line for the request")
+
+    code, out = apply(project, cluster, capsys, EXAMPLE, SMALL, ECHO)
+    assert code == 0 and replica_pids(cluster, "Echo") == before, out
 
 
 class Load:

@@ -41,7 +41,8 @@ def test_shipped_conf_is_valid() -> None:
 def test_defaults_and_original_keys(project: Path) -> None:
     config = load_config(write_conf(project, {"port": 666}, EXAMPLE))
     spec = config.sections[0]
-    assert config.serve.port == 666 and config.serve.address == "auto"
+    assert config.serve.port == 666 and config.serve.address == "auto" and config.serve.access_log is False
+    assert load_config(write_conf(project, {"access_log": "On"}, EXAMPLE)).serve.access_log is True
     assert (spec.replicas, spec.gpu_cost, spec.cpu_cost, spec.methods) == (1, 0.0, 1.0, ("GET",))
     assert spec.model_files == ("algoexample_model_v1.npz",) and spec.app_name == "AlgoExample"
 
@@ -106,11 +107,14 @@ def test_unknown_section_and_missing_package(project: Path) -> None:
 
 
 def test_serve_section_errors(project: Path) -> None:
-    found = problems(project, EXAMPLE, port="http", colour="red", ingress="warp", dashboard_port=18265)
+    found = problems(
+        project, EXAMPLE, port="http", colour="red", ingress="warp", dashboard_port=18265, access_log="loud"
+    )
     assert any("[MODEL SERVE] dashboard_port = 18265: Ray keeps 10002-19999" in p for p in found)
     assert any("[MODEL SERVE] port = 'http'" in p for p in found)
     assert any("[MODEL SERVE] colour: unknown key" in p for p in found)
     assert any("[MODEL SERVE] ingress = 'warp'" in p for p in found)
+    assert any("[MODEL SERVE] access_log = 'loud': must be on or off" in p for p in found)
 
 
 def test_all_problems_reported_at_once(project: Path) -> None:

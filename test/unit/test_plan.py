@@ -34,12 +34,24 @@ def test_one_application_per_section(config: Config) -> None:
     assert (app["name"], app["route_prefix"], app["import_path"]) == ("Echo", "/echo", "modelserve.app:build")
     assert app["runtime_env"]["py_modules"] == ["gcs://_ray_pkg_a.zip"]
     assert app["runtime_env"]["env_vars"]["MODEL_FILES"] == "echo_model.txt"
+    assert app["runtime_env"]["env_vars"]["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
     assert app["args"]["model_digest"] == "d1"
     (deployment,) = app["deployments"]
     assert deployment["num_replicas"] == 2
     assert deployment["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 0.5}
     assert deployment["user_config"]["user"] == {"k": 1}
     assert deployment["max_surge_percent"] == 25
+    assert deployment["logging_config"] == {"enable_access_log": False}
+
+
+def test_access_log_is_a_deployment_option_that_updates_in_place(config: Config) -> None:
+    from dataclasses import replace
+
+    loud = replace(config, serve=replace(config.serve, access_log=True))
+    desired = plan.deploy_config(loud, artifacts())
+    assert desired["applications"][0]["deployments"][0]["logging_config"] == {"enable_access_log": True}
+    running = running_copy(plan.deploy_config(config, artifacts()))
+    assert plan.diff(desired, running) == [plan.Change("Echo", "update in place")]
 
 
 def test_package_environments(config: Config) -> None:
