@@ -22,11 +22,15 @@ IMPORT_PATH = "modelserve.app:build"
 #: an old one: a new version that fails to load never takes down the running one.
 MAX_SURGE_PERCENT = 25
 #: Ray Serve settings each replica process reads when it starts. They travel in the section's
-#: runtime_env, so they hold however the nodes were started. With the user code on the replica's
-#: own event loop, a request is no longer handed to a second loop thread and back (Ray's
-#: RAY_SERVE_THROUGHPUT_OPTIMIZED does the same); the loop never blocks on the model, which
-#: runs on the replica's model thread. `make bench`: 1,302 -> 1,598 requests/s at 32 connections.
-REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+#: runtime_env, so they hold however the nodes were started. Measured with `make bench` at 32
+#: connections (bench/RESULTS.md):
+#: - user code on the replica's own event loop: a request is no longer handed to a second loop
+#:   thread and back (Ray's RAY_SERVE_THROUGHPUT_OPTIMIZED does the same). The loop never blocks
+#:   on the model, which runs on the replica's model thread. 1,302 -> 1,598 requests/s.
+#: - Serve's log lines (and a backend's print) go to the replica's log file, which the dashboard
+#:   shows, and not also to the worker's stderr, which nobody reads: the controller is not a Ray
+#:   driver. About +12% (medians 1,790 -> 2,000 over 4 runs each).
+REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_LOG_TO_STDERR": "0"}
 _CODE_KEYS = ("import_path", "runtime_env", "args", "route_prefix")
 
 

@@ -121,7 +121,20 @@ def test_model_files_and_env_reach_the_backend(project: Path, cluster: TestClust
         "MODEL_NAME": "Echo",
         "MODEL_FILES": "echo_model.txt",
     }
-    assert result["serve_env"] == {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+    assert result["serve_env"] == {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_LOG_TO_STDERR": "0"}
+
+
+def test_a_model_error_is_logged_with_its_traceback_not_sent(cluster: TestCluster) -> None:
+    (log,) = echo(cluster)["log_files"]
+    reply = call(f"{cluster.base_url}/echo", {"fail": True})
+    assert reply.status == 500 and "Traceback" not in json.dumps(reply.body)
+    request_id = reply.body["request_id"]
+
+    def logged() -> bool:
+        text = Path(log).read_text()
+        return request_id in text and "Traceback" in text.split(request_id, 1)[1][:4000]
+
+    wait_for(logged, timeout_s=10, what=f"the traceback of request {request_id} in {log}")
 
 
 def test_unchanged_reapply_restarts_nothing(
