@@ -35,8 +35,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_project(tmp_path_factory.mktemp("project"))
 
 
-def apply(project: Path, cluster: TestCluster, capsys: pytest.CaptureFixture[str], *sections: str) -> tuple[int, str]:
-    conf = write_conf(project, cluster.serve(), *sections)
+def apply(
+    project: Path, cluster: TestCluster, capsys: pytest.CaptureFixture[str], *sections: str, **serve: str
+) -> tuple[int, str]:
+    conf = write_conf(project, {**cluster.serve(), **serve}, *sections)
     code = main(["-c", str(conf)])
     captured = capsys.readouterr()
     return code, captured.out + captured.err
@@ -174,9 +176,7 @@ def test_access_log_is_off_by_default_and_turns_on_in_place(
     time.sleep(1)
     assert quiet.status == 200 and not access_logged(quiet)
 
-    conf = write_conf(project, {**cluster.serve(), "access_log": "on"}, EXAMPLE, SMALL, ECHO)
-    code = main(["-c", str(conf)])
-    out = capsys.readouterr().out
+    code, out = apply(project, cluster, capsys, EXAMPLE, SMALL, ECHO, access_log="on")
     assert code == 0 and "update in place  Echo" in out, out
     assert replica_pids(cluster, "Echo") == before
     loud = call(f"{cluster.base_url}/echo", {"n": 2})
