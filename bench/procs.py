@@ -13,7 +13,7 @@ from typing import Any
 import requests
 
 from modelserve.cluster import session_members, stop_session  # noqa: F401 - used by run.py too
-from modelserve.node import free_port  # noqa: F401
+from modelserve.node import free_port, late_port  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Never leak into a server's environment: each server picks its own cluster, auth and ingress.

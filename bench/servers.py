@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from procs import ROOT, clean_env, free_port, pids_with_arg, session_members, session_of, spawn, stop_session
+from procs import ROOT, clean_env, free_port, late_port, pids_with_arg, session_members, session_of, spawn, stop_session
 from procs import answers as _answers
 from procs import wait_until as _wait_until
 
@@ -119,9 +119,7 @@ def _head_sessions(project: Path, dashboard_port: int) -> set[int]:
 @contextlib.contextmanager
 def modelserve(work: Path, body: Result) -> Iterator[Running]:
     """This runtime with bench/conf.ini (its defaults), started and stopped by the real CLI."""
-    port, dashboard_port = free_port(), free_port()
-    while dashboard_port == port:
-        dashboard_port = free_port()
+    port, dashboard_port = late_port(), free_port()
     project = _project(work, port, dashboard_port)
     try:
         code, out = _controller([], project, 300)

@@ -62,10 +62,52 @@ class NodeSpec:
     temp_dir: str = ""
 
 
+#: Ports this process has handed out: the kernel may give a closed port back at once.
+_HANDED_OUT: set[int] = set()
+#: Per-cluster blocks of replica HTTP ports behind HAProxy (Ray's default is 30000-31000).
+_DIRECT_INGRESS_BLOCKS = range(20000, 28000, 100)
+#: Ports for listeners bound long after they are chosen, below the kernel's ephemeral range.
+_LATE_PORTS = (28000, 32768)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port free now, from the kernel's ephemeral range: for a listener that binds at once."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def late_port() -> int:
+    """A port free now that no other process is handed by the kernel in the meantime.
+
+    HAProxy binds its listeners at the first deploy, minutes after the node starts. A port
+    from the ephemeral range (`free_port`) can be taken by then by any of Ray's outgoing
+    connections; ports below that range are only ever taken on purpose.
+    """
+    low, high = _LATE_PORTS[0], min(_LATE_PORTS[1], _ephemeral_low())
+    for _ in range(200) if high > low else ():
+        port = random.randrange(low, high)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    return free_port("0.0.0.0")
 
 
 def _int_env(env: Mapping[str, str], name: str) -> int | None:
@@ -157,12 +199,12 @@ def node_env(spec: NodeSpec, base: Mapping[str, str] | None = None) -> dict[str,
         env.update(FAST_INGRESS_ENV)
         # HAProxy's stats and metrics listeners default to fixed ports (8404, 9101):
         # give each node its own so several nodes can share a host.
-        env.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
-        env.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
+        env.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(late_port()))
+        env.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(late_port()))
         # Replicas serve HAProxy on ports from a range that every node of every cluster
         # on a host would otherwise share (30000-31000): a port one cluster frees can be
         # taken by another's replica while the first's HAProxy still routes to it.
-        port_base = 20000 + 100 * random.randrange(100)
+        port_base = random.choice(_DIRECT_INGRESS_BLOCKS)
         for kind, offset in (("HTTP", 0), ("GRPC", 20000)):
             env.setdefault(f"RAY_SERVE_DIRECT_INGRESS_MIN_{kind}_PORT", str(port_base + offset))
             env.setdefault(f"RAY_SERVE_DIRECT_INGRESS_MAX_{kind}_PORT", str(port_base + offset + 99))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from modelserve.cluster import dashboard_answers, session_members, stop_session
-from modelserve.node import NodeSpec, free_port, node_env, ray_start_command
+from modelserve.node import NodeSpec, free_port, late_port, node_env, ray_start_command
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "test" / "fixtures"
@@ -143,7 +143,7 @@ def start_test_cluster(num_cpus: int = 4, num_gpus: int = 2, ingress: str = "fas
     proc = subprocess.Popen(
         cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=REPO, start_new_session=True
     )
-    cluster = TestCluster(proc, f"http://127.0.0.1:{spec.dashboard_port}", free_port(), temp_dir)
+    cluster = TestCluster(proc, f"http://127.0.0.1:{spec.dashboard_port}", late_port(), temp_dir)
     try:
         wait_for(lambda: proc.poll() is not None or dashboard_answers(cluster.dashboard_url), 90, "the Ray head")
         if proc.poll() is not None:

@@ -11,7 +11,7 @@ import pytest
 from helpers import ECHO_SECTION, REPO, TestCluster, call, make_project, session_commands, wait_for, write_conf
 
 from modelserve.cluster import Cluster, dashboard_answers
-from modelserve.node import free_port
+from modelserve.node import free_port, late_port
 
 pytestmark = pytest.mark.e2e
 
@@ -91,7 +91,7 @@ def test_embedded_default_starts_serves_and_stops_a_local_cluster(tmp_path: Path
     default fast ingress, so the HTTP contract is checked under both.
     """
     project = make_project(tmp_path)
-    port, dashboard_port = free_port(), free_port()
+    port, dashboard_port = late_port(), free_port()
     serve = {"port": port, "address": "local", "dashboard_port": dashboard_port, "local_cpus": 2, "local_gpus": 0}
     conf = write_conf(project, {**serve, "ingress": "proxy"}, LEGACY, ECHO)
     base = f"http://127.0.0.1:{port}"

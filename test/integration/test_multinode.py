@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from helpers import REPO, call, make_project, start_node, wait_for, write_conf
 
 from modelserve.cli import main
 from modelserve.cluster import Cluster, dashboard_answers, session_members, stop_session
-from modelserve.node import free_port
+from modelserve.node import free_port, late_port
 
 pytestmark = pytest.mark.integration
 
@@ -62,6 +63,7 @@ class TwoNodes:
     gcs: str
     dashboard_url: str
     http_port: int
+    head_env: dict[str, str]
     worker_env: dict[str, str]
     logs: Path
 
@@ -89,22 +91,29 @@ def alive_nodes(dashboard_url: str) -> int:
     return sum(1 for n in reply.json()["data"]["summary"] if n["raylet"]["state"] == "ALIVE")
 
 
+def haproxy_ports() -> dict[str, str]:
+    """Chosen here, not by each node's own process, so the two nodes on this host never pick alike."""
+    return {f"RAY_SERVE_HAPROXY_{kind}_PORT": str(late_port()) for kind in ("STATS", "METRICS")}
+
+
 @pytest.fixture(scope="module")
 def nodes() -> Iterator[TwoNodes]:
     logs = Path(tempfile.mkdtemp(prefix="msn", dir="/tmp"))
-    gcs_port, dashboard_port, http_port = free_port(), free_port(), free_port()
+    gcs_port, dashboard_port, http_port = free_port(), free_port(), late_port()
     head_env = {
         "RAY_GCS_PORT": str(gcs_port),
         "RAY_DASHBOARD_PORT": str(dashboard_port),
         "RAY_NUM_CPUS": "2",
         "RAY_NUM_GPUS": "1",
         "RAY_TEMP_DIR": str(logs / "ray"),
+        **haproxy_ports(),
     }
     worker_env = {
         "RAY_HEAD_ADDRESS": f"127.0.0.1:{gcs_port}",
         "RAY_NUM_CPUS": "2",
         "RAY_NUM_GPUS": "1",
-        "MODELSERVE_WORKER_HTTP_PORT": str(free_port()),
+        "MODELSERVE_WORKER_HTTP_PORT": str(late_port()),
+        **haproxy_ports(),
     }
     cluster = TwoNodes(
         start_node("head", head_env, logs / "head.log"),
@@ -112,6 +121,7 @@ def nodes() -> Iterator[TwoNodes]:
         f"127.0.0.1:{gcs_port}",
         f"http://127.0.0.1:{dashboard_port}",
         http_port,
+        head_env,
         worker_env,
         logs,
     )
@@ -204,6 +214,12 @@ def test_losing_a_worker_keeps_serving_and_rejoining_restores_replicas(nodes: Tw
     assert call(f"http://127.0.0.1:{nodes.http_port}/pinned", {"n": 1}).status == 200
 
 
+def listens_on(sid: int, process: str, ports: set[int]) -> bool:
+    from helpers import listeners
+
+    return ports <= {port for name, _, port in listeners(sid) if name.startswith(process)}
+
+
 def test_what_listens_where(nodes: TwoNodes, conf: Path) -> None:
     """The dashboard and the HTTP port stay on loopback; what Ray opens on all interfaces is known."""
     from helpers import listeners
@@ -217,3 +233,8 @@ def test_what_listens_where(nodes: TwoNodes, conf: Path) -> None:
     # Ray 2.60's own gRPC servers (token-protected) and HAProxy's read-only stats/metrics pages.
     known = ("gcs_server", "raylet", "haproxy", "ray::", "ray-dashboard", "python")
     assert public and all(name.startswith(known) for name in public), public
+    # Each node's HAProxy serves its stats and metrics on the ports that node was given.
+    assert nodes.worker is not None
+    for pid, env in ((nodes.head.pid, nodes.head_env), (nodes.worker.pid, nodes.worker_env)):
+        given = {int(env[f"RAY_SERVE_HAPROXY_{kind}_PORT"]) for kind in ("STATS", "METRICS")}
+        wait_for(partial(listens_on, pid, "haproxy", given), 30, f"HAProxy to listen on {given}")

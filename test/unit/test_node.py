@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from modelserve.node import NodeError, ensure_token, main, node_env, ray_start_command, spec_from_env
+from modelserve.node import NodeError, ensure_token, late_port, main, node_env, ray_start_command, spec_from_env
 
 
 def flags(cmd: list[str]) -> dict[str, str]:
@@ -17,9 +17,19 @@ def test_head_defaults_expose_nothing() -> None:
     assert flags(cmd)["port"] == "6379" and flags(cmd)["dashboard-port"] == "8265"
     env = node_env(spec, {})
     assert env["RAY_AUTH_MODE"] == "token" and env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
-    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] != "8404"
+    stats, metrics = int(env["RAY_SERVE_HAPROXY_STATS_PORT"]), int(env["RAY_SERVE_HAPROXY_METRICS_PORT"])
+    assert stats != metrics and {stats, metrics} <= set(range(28000, 32768))
     low, high = int(env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]), int(env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"])
-    assert 20000 <= low < high < 30000
+    assert 20000 <= low < high < 28000
+
+
+def test_late_ports_are_below_the_ephemeral_range_and_never_repeat() -> None:
+    """HAProxy binds them minutes later: no outgoing connection may have been given one meanwhile."""
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [late_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    if ephemeral_low > 28000:  # else there is no such band and late_port falls back to free_port
+        assert all(28000 <= port < min(32768, ephemeral_low) for port in ports)
 
 
 def test_worker_settings_from_env() -> None:
