@@ -96,7 +96,7 @@ def late_port() -> int:
     connections; ports below that range are only ever taken on purpose.
     """
     low, high = _LATE_PORTS[0], min(_LATE_PORTS[1], _ephemeral_low())
-    for _ in range(200) if high > low else ():
+    for _ in range(200 if high > low else 0):
         port = random.randrange(low, high)
         if port in _HANDED_OUT:
             continue

@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from helpers import REPO, call, make_project, start_node, wait_for, write_conf
+from helpers import REPO, call, listeners, make_project, start_node, wait_for, write_conf
 
 from modelserve.cli import main
 from modelserve.cluster import Cluster, dashboard_answers, session_members, stop_session
@@ -215,15 +215,11 @@ def test_losing_a_worker_keeps_serving_and_rejoining_restores_replicas(nodes: Tw
 
 
 def listens_on(sid: int, process: str, ports: set[int]) -> bool:
-    from helpers import listeners
-
     return ports <= {port for name, _, port in listeners(sid) if name.startswith(process)}
 
 
 def test_what_listens_where(nodes: TwoNodes, conf: Path) -> None:
     """The dashboard and the HTTP port stay on loopback; what Ray opens on all interfaces is known."""
-    from helpers import listeners
-
     found = listeners(nodes.head.pid)
     dashboard_port = int(nodes.dashboard_url.rsplit(":", 1)[1])
     print("\n" + "\n".join(f"  {name:28} {ip:>15}:{port}" for name, ip, port in found))
