@@ -21,8 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 
+from modelserve import raycompat
 from modelserve.config import ServeSettings
 from modelserve.node import NodeSpec, ensure_token, free_port, has_token, node_env, ray_start_command
 
@@ -60,16 +62,14 @@ def _port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
 def use_token_if_available() -> bool:
     """Turn on Ray token auth for this process when a token exists (the default for our heads)."""
-    mode = os.environ.get("RAY_AUTH_MODE")
+    mode = os.environ.get(raycompat.AUTH_MODE)
     if mode is None:
         if not has_token(os.environ):
             return False
-        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ[raycompat.AUTH_MODE] = "token"
     elif mode != "token":
         return False
-    from ray._raylet import Config  # type: ignore[attr-defined]  # Ray caches the mode it read at import: refresh it
-
-    Config.initialize("")
+    raycompat.refresh_auth_mode()
     return True
 
 
@@ -130,15 +130,12 @@ def read_local_head(state_dir: Path) -> LocalHead | None:
 
 
 def session_members(sid: int) -> list[int]:
-    """Live processes of a session (zombies, which no signal ends, do not count). Linux /proc."""
+    """Live processes of a session (zombies, which no signal ends, do not count)."""
     members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[3]) == sid:
-            members.append(int(stat.parent.name))
+    for proc in psutil.process_iter(["status"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getsid(proc.pid) == sid:
+                members.append(proc.pid)
     return members
 
 
@@ -174,6 +171,7 @@ def _dashboard_from_gcs(gcs_address: str) -> str:
     """The dashboard URL of a cluster known by its GCS address (joins briefly as a driver)."""
     import ray
 
+    use_token_if_available()  # before ray.init: a token given only as RAY_AUTH_TOKEN must be used
     try:
         context = ray.init(address=gcs_address, log_to_driver=False, logging_level=logging.ERROR)
         url = context.dashboard_url
@@ -210,23 +208,16 @@ class Cluster:
     """A connection to one cluster's dashboard: upload packages, apply, read, delete."""
 
     def __init__(self, dashboard_url: str) -> None:
-        from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
-
         use_token_if_available()
-        for name in ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
-            logging.getLogger(name).setLevel(logging.WARNING)  # upload chatter
         self.dashboard_url = dashboard_url
         try:
-            self._client = ServeSubmissionClient(dashboard_url)
+            self._client = raycompat.submission_client(dashboard_url)
         except Exception as exc:
             raise ClusterError(f"cannot reach the Ray dashboard at {dashboard_url}: {exc}") from exc
 
     def upload(self, staged_dir: Path) -> str:
         """Upload a directory as a py_module (skipped when that content is there already)."""
-        uri: str = self._client._upload_package_if_needed(
-            str(staged_dir), include_gitignore=False, include_parent_dir=True
-        )
-        return uri
+        return raycompat.upload_package(self._client, str(staged_dir))
 
     def apply(self, deploy_config: Mapping[str, Any]) -> None:
         try:

@@ -1,0 +1,116 @@
+"""The one door to what belongs to one Ray version: flags Ray reads from the environment,
+and the few private helpers we call.
+
+Ray ignores environment variables it does not know, so after an upgrade a renamed flag
+would silently cost throughput or make ports collide. `test/unit/test_raycompat.py`
+checks every name here against the installed Ray: upgrading Ray is this file plus that test.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+RAY_SERIES = "2.60"
+
+# Ray core: token authentication (ray/_private/authentication).
+AUTH_MODE = "RAY_AUTH_MODE"
+AUTH_TOKEN = "RAY_AUTH_TOKEN"
+AUTH_TOKEN_PATH = "RAY_AUTH_TOKEN_PATH"
+
+# Ray Serve flags, read by each Ray process when it starts (ray/serve/_private/constants.py).
+ENABLE_HA_PROXY = "RAY_SERVE_ENABLE_HA_PROXY"
+HAPROXY_STATS_PORT = "RAY_SERVE_HAPROXY_STATS_PORT"
+HAPROXY_METRICS_PORT = "RAY_SERVE_HAPROXY_METRICS_PORT"
+WORKER_PROXY_HTTP_PORT = "RAY_SERVE_WORKER_PROXY_HTTP_PORT"
+RUN_USER_CODE_IN_SEPARATE_THREAD = "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"
+LOG_TO_STDERR = "RAY_SERVE_LOG_TO_STDERR"
+THROUGHPUT_OPTIMIZED = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
+DIRECT_INGRESS_MIN_DRAINING_PERIOD_S = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
+PROXY_MIN_DRAINING_PERIOD_S = "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S"
+
+
+def _direct_ingress_port(bound: str, kind: str) -> str:
+    return f"RAY_SERVE_DIRECT_INGRESS_{bound}_{kind}_PORT"
+
+
+#: Every Ray Serve flag modelserve sets anywhere (the unit test checks each against Ray).
+SERVE_FLAGS: tuple[str, ...] = (
+    ENABLE_HA_PROXY,
+    HAPROXY_STATS_PORT,
+    HAPROXY_METRICS_PORT,
+    WORKER_PROXY_HTTP_PORT,
+    RUN_USER_CODE_IN_SEPARATE_THREAD,
+    LOG_TO_STDERR,
+    THROUGHPUT_OPTIMIZED,
+    DIRECT_INGRESS_MIN_DRAINING_PERIOD_S,
+    PROXY_MIN_DRAINING_PERIOD_S,
+    *(_direct_ingress_port(b, k) for b in ("MIN", "MAX") for k in ("HTTP", "GRPC")),
+)
+#: Flags that choose a cluster, its auth or its ingress: never inherited by a server we start for comparison.
+CLUSTER_CHOICE_ENV = ("RAY_ADDRESS", AUTH_MODE, ENABLE_HA_PROXY, THROUGHPUT_OPTIMIZED)
+
+
+def replica_env() -> dict[str, str]:
+    """Flags each replica process reads when it starts; they travel in the section's runtime_env.
+
+    User code runs on the replica's own event loop (the model has its own thread, so the loop
+    never waits on it), and Serve's log lines go to the replica's log file only.
+    """
+    return {RUN_USER_CODE_IN_SEPARATE_THREAD: "0", LOG_TO_STDERR: "0"}
+
+
+def fast_ingress_env(stats_port: int, metrics_port: int, direct_port_base: int) -> dict[str, str]:
+    """HAProxy ingress on; its listeners and the replicas' direct-ingress ports chosen per node."""
+    env = {ENABLE_HA_PROXY: "1", HAPROXY_STATS_PORT: str(stats_port), HAPROXY_METRICS_PORT: str(metrics_port)}
+    for kind, offset in (("HTTP", 0), ("GRPC", 20000)):
+        env[_direct_ingress_port("MIN", kind)] = str(direct_port_base + offset)
+        env[_direct_ingress_port("MAX", kind)] = str(direct_port_base + offset + 99)
+    return env
+
+
+def draining_env(seconds: int) -> dict[str, str]:
+    """How long a stopping replica keeps serving so the ingress can drop it first (Ray: 30 s)."""
+    return {DIRECT_INGRESS_MIN_DRAINING_PERIOD_S: str(seconds), PROXY_MIN_DRAINING_PERIOD_S: str(seconds)}
+
+
+def refresh_auth_mode() -> None:
+    """Ray caches the auth mode it read at import; make it read `RAY_AUTH_MODE` again."""
+    from ray._raylet import Config  # type: ignore[attr-defined]
+
+    Config.initialize("")
+
+
+def auth_headers() -> dict[str, str]:
+    """The `Authorization` header for Ray's HTTP endpoints when token auth is on."""
+    from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+
+    return dict(get_auth_headers_if_auth_enabled({}))
+
+
+def submission_client(dashboard_url: str) -> Any:
+    """The dashboard's Serve REST client (`serve deploy` uses it)."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    for name in ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # upload chatter
+    return ServeSubmissionClient(dashboard_url)
+
+
+def upload_package(client: Any, directory: str) -> str:
+    """Upload a directory as a content-addressed py_module; skipped when that content is there."""
+    uri: str = client._upload_package_if_needed(directory, include_gitignore=False, include_parent_dir=True)
+    return uri
+
+
+def deploy_schema_problems(config: Mapping[str, Any]) -> list[str]:
+    """What Ray's own `ServeDeploySchema` rejects in a deploy config (public API, no cluster)."""
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema
+
+    try:
+        ServeDeploySchema.model_validate(dict(config))
+    except ValidationError as exc:
+        return [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+    return []
