@@ -1,8 +1,6 @@
 """The Serve application builder named by every application's `import_path`.
 
-`args` carry the section as `plan.section_args` wrote it, plus digests of the
-package and model files: Ray hashes `args` into the code version, so a change
-of either rolls the replicas, and an unchanged file restarts nothing.
+`args` are the section's `ReplicaArgs` (replica_spec.py) as the planner wrote them.
 """
 
 from __future__ import annotations
@@ -13,8 +11,9 @@ from ray import serve
 from ray.serve import Application
 
 from modelserve.ingress import ModelReplica
+from modelserve.replica_spec import ReplicaArgs
 
 
 def build(args: dict[str, Any]) -> Application:
-    deployment = serve.deployment(ModelReplica, name=args["deployment"])
-    return deployment.bind(args)  # type: ignore[attr-defined]
+    spec = ReplicaArgs.from_json(args)
+    return serve.deployment(name=spec.package)(ModelReplica).bind(spec)

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from modelserve import bench, plan, status
 from modelserve.cluster import Cluster, ClusterError, resolve_dashboard, stop_local_head
-from modelserve.config import Config, ConfigError, load_config
-from modelserve.packaging import files_digest, read_requirements, runtime_digest, staged_package
+from modelserve.config import ConfigError, load_config
+from modelserve.packaging import files_digest, read_requirements, staged_package, staged_runtime
+from modelserve.settings import Config
 from modelserve.warmup import read_warmup
 
 EXIT_UNHEALTHY = 1
 EXIT_CONFIG = 2
 EXIT_CLUSTER = 3
+#: What the controller remembers of its last apply, so `status` and `down` work without a valid conf.ini.
+LAST_APPLY = "last_apply.json"
 
 
 def _state_dir(config_path: str) -> Path:
@@ -38,13 +42,23 @@ def _artifacts(config: Config, cluster: Cluster) -> plan.Artifacts:
     for package in sorted({s.package for s in config.sections}):
         with staged_package(config.algopkg_dir, package) as staged:
             uris[package] = cluster.upload(staged)
+    with staged_runtime() as runtime:
+        runtime_uri = cluster.upload(runtime)
     digests = {s.section: files_digest(config.model_zoo / f for f in s.model_files) for s in config.sections}
     requirements = {
         s.package: read_requirements(config.algopkg_dir / s.package / "requirements.txt")
         for s in config.sections
         if s.env == "pip"
     }
-    return plan.Artifacts(uris, digests, requirements, runtime_digest())
+    return plan.Artifacts(uris, digests, requirements, runtime_uri)
+
+
+def _validated(config: Config, desired: dict[str, Any]) -> dict[str, Any]:
+    """`desired`, once Ray's own schema accepts it (checked here, before the cluster sees it)."""
+    problems = plan.schema_problems(desired)
+    if problems:
+        raise ConfigError(config.path, problems)
+    return desired
 
 
 def _running_configs(details: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -78,6 +92,7 @@ def _wait(cluster: Cluster, apps: list[str], gone: list[str], timeout_s: float) 
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    _validated(config, plan.deploy_config(config, plan.Artifacts.placeholder(config)))
     routes = ", ".join(f"/{s.route}" for s in config.sections) or "no sections"
     print(f"{config.path}: OK ({len(config.sections)} section(s): {routes})")
     return 0
@@ -85,20 +100,24 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    dashboard = resolve_dashboard(config.serve, _state_dir(args.config), start=True)
+    _validated(config, plan.deploy_config(config, plan.Artifacts.placeholder(config)))
+    state_dir = _state_dir(args.config)
+    dashboard = resolve_dashboard(config.serve, state_dir, start=True)
     assert dashboard is not None
     cluster = Cluster(dashboard)
     before = cluster.details()
     _check_http_options(config, before)
-    desired = plan.deploy_config(config, _artifacts(config, cluster))
+    desired = _validated(config, plan.deploy_config(config, _artifacts(config, cluster)))
     changes = plan.diff(desired, _running_configs(before))
     for change in changes:
         print(f"{change.action:>16}  {change.app}")
     cluster.apply(desired)
+    base_url = _base_url(config, dashboard)
+    _remember(state_dir, dashboard, base_url)
     names = [s.app_name for s in config.sections]
     gone = [c.app for c in changes if c.action == "remove"]
     details = _wait(cluster, names, gone, config.serve.deploy_timeout_s)
-    return _report(status.rows(details, _base_url(config, dashboard), names))
+    return _report(status.rows(details, base_url, names))
 
 
 def _report(rows: list[status.Row]) -> int:
@@ -109,29 +128,56 @@ def _report(rows: list[status.Row]) -> int:
     return EXIT_UNHEALTHY if failed else 0
 
 
+def _remember(state_dir: Path, dashboard_url: str, base_url: str) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    record = {"dashboard_url": dashboard_url, "base_url": base_url}
+    (state_dir / LAST_APPLY).write_text(json.dumps(record, indent=2))
+
+
+def _target(args: argparse.Namespace) -> tuple[str | None, str, float]:
+    """The cluster `status` and `down` act on: per conf.ini, or, where the file is broken or
+    missing, the one the last apply used (saying so). Returns (dashboard, base URL, timeout)."""
+    state_dir = _state_dir(args.config)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        try:
+            last = json.loads((state_dir / LAST_APPLY).read_text())
+        except (OSError, ValueError):
+            raise exc from None
+        print(
+            f"warning: {exc.path} is not usable ({exc.problems[0]}); acting on the cluster of the last apply, "
+            f"{last['dashboard_url']}",
+            file=sys.stderr,
+        )
+        return str(last["dashboard_url"]), str(last["base_url"]), 300.0
+    dashboard = resolve_dashboard(config.serve, state_dir, start=False)
+    base_url = _base_url(config, dashboard) if dashboard else ""
+    return dashboard, base_url, config.serve.deploy_timeout_s
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    dashboard = resolve_dashboard(config.serve, _state_dir(args.config), start=False)
+    dashboard, base_url, _ = _target(args)
     if dashboard is None:
-        print("no Ray cluster is running; `python controller.py` starts one")
-        return EXIT_UNHEALTHY
-    return _report(status.rows(Cluster(dashboard).details(), _base_url(config, dashboard)))
+        print("no Ray cluster is running; `python controller.py` starts one", file=sys.stderr)
+        return EXIT_CLUSTER
+    return _report(status.rows(Cluster(dashboard).details(), base_url))
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
     state_dir = _state_dir(args.config)
     if args.stop_cluster and stop_local_head(state_dir):
+        (state_dir / LAST_APPLY).unlink(missing_ok=True)
         print("stopped the local Ray cluster and everything it served")
         return 0
-    dashboard = resolve_dashboard(config.serve, state_dir, start=False)
+    dashboard, _, timeout_s = _target(args)
     if dashboard is None:
         print("no Ray cluster is running; nothing to remove")
         return 0
     cluster = Cluster(dashboard)
     apps = list(cluster.details().get("applications") or {})
     cluster.apply({"applications": []})
-    _wait(cluster, [], apps, config.serve.deploy_timeout_s)
+    _wait(cluster, [], apps, timeout_s)
     print(f"removed {len(apps)} section(s) from {dashboard}")
     if args.stop_cluster:
         print("the cluster was not started by this controller; it keeps running")
@@ -171,44 +217,46 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0 if summary.non_2xx == summary.errors == 0 and summary.requests else EXIT_UNHEALTHY
 
 
-COMMANDS = {"apply": cmd_apply, "check": cmd_check, "status": cmd_status, "down": cmd_down, "bench": cmd_bench}
-
-
 def parser() -> argparse.ArgumentParser:
     config_help = "conf.ini to use (default: conf.ini)"
     main = argparse.ArgumentParser(prog="controller.py", description="Serve algorithm packages as conf.ini says.")
     main.add_argument("-c", "--config", default="conf.ini", help=config_help)
-    sub = main.add_subparsers(dest="command", metavar="{apply,check,status,down,bench}")
-    helps = {
-        "apply": "validate, then make the cluster match the file (default)",
-        "check": "validate the file only; touches no cluster",
-        "status": "show what runs now",
-        "down": "remove every deployed section",
-        "bench": "load one route and print RPS and latency percentiles",
-    }
-    for name, text in helps.items():
+    main.set_defaults(func=cmd_apply, command="apply")
+    sub = main.add_subparsers(metavar="{apply,check,status,down,bench}")
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("-c", "--config", default=argparse.SUPPRESS, help=config_help)
-        if name == "down":
-            cmd.add_argument("--stop-cluster", action="store_true", help="also stop the local cluster we started")
-        if name == "bench":
-            cmd.add_argument("route", nargs="?", help="a route of conf.ini, e.g. extract")
-            cmd.add_argument("--url", help="load this URL instead of the route's local one")
-            cmd.add_argument("--body", help="JSON file of params (default: the section's warm-up sample)")
-            cmd.add_argument("-C", "--concurrency", type=int, default=8, help="connections (default 8)")
-            cmd.add_argument("-d", "--duration", type=float, default=10.0, help="seconds, at most (default 10)")
-            cmd.add_argument("-n", "--requests", type=int, help="stop after this many requests")
+        cmd.set_defaults(func=func, command=name)
+        return cmd
+
+    command("apply", cmd_apply, "validate, then make the cluster match the file (default)")
+    command("check", cmd_check, "validate the file only; touches no cluster")
+    command("status", cmd_status, "show what runs now (works from the last apply if conf.ini is broken)")
+    down = command("down", cmd_down, "remove every deployed section (works from the last apply if conf.ini is broken)")
+    down.add_argument("--stop-cluster", action="store_true", help="also stop the local cluster we started")
+    bench_cmd = command("bench", cmd_bench, "load one route and print RPS and latency percentiles")
+    bench_cmd.add_argument("route", nargs="?", help="a route of conf.ini, e.g. extract")
+    bench_cmd.add_argument("--url", help="load this URL instead of the route's local one")
+    bench_cmd.add_argument("--body", help="JSON file of params (default: the section's warm-up sample)")
+    bench_cmd.add_argument("-C", "--concurrency", type=int, default=8, help="connections (default 8)")
+    bench_cmd.add_argument("-d", "--duration", type=float, default=10.0, help="seconds, at most (default 10)")
+    bench_cmd.add_argument("-n", "--requests", type=int, help="stop after this many requests")
     return main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    command = COMMANDS[args.command or "apply"]
     try:
-        return command(args)
+        code: int = args.func(args)
+        sys.stdout.flush()
+        return code
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except ClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CLUSTER
+    except BrokenPipeError:  # `controller.py status | head -1`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_UNHEALTHY

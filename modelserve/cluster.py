@@ -25,8 +25,8 @@ import psutil
 import requests
 
 from modelserve import raycompat
-from modelserve.config import ServeSettings
 from modelserve.node import NodeSpec, ensure_token, free_port, has_token, node_env, ray_start_command
+from modelserve.settings import ServeSettings
 
 STATE_FILE = "cluster.json"
 
@@ -106,7 +106,6 @@ def start_local_head(settings: ServeSettings, state_dir: Path, timeout_s: float 
             stdout=log,
             stderr=log,
             env=node_env(spec),
-            cwd=state_dir,  # workers inherit it: keep the project's algopkg/ off their sys.path
             start_new_session=True,
         )
     head = LocalHead(proc.pid, f"http://127.0.0.1:{spec.dashboard_port}", f"127.0.0.1:{spec.gcs_port}", str(log_path))
@@ -227,7 +226,8 @@ class Cluster:
 
     def details(self) -> dict[str, Any]:
         try:
-            return self._client.get_serve_details()  # type: ignore[no-any-return]
+            details: dict[str, Any] = self._client.get_serve_details()
+            return details
         except Exception as exc:
             raise ClusterError(f"cannot read Serve status from {self.dashboard_url}: {exc}") from exc
 

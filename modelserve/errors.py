@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class ModelServeError(Exception):
     """Base of every error modelserve raises on purpose.
@@ -12,6 +14,11 @@ class ModelServeError(Exception):
 
     status_code = 500
     error_type = "InternalError"
+
+    def __init__(self, message: str = "", headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        #: HTTP headers that travel with the error answer (`Allow`, `Retry-After`, ...).
+        self.headers = dict(headers or {})
 
 
 class BadRequest(ModelServeError):
@@ -35,8 +42,10 @@ class MethodNotAllowed(ModelServeError):
     error_type = "MethodNotAllowed"
 
     def __init__(self, method: str, allowed: tuple[str, ...]) -> None:
-        self.allowed = allowed
-        super().__init__(f"{method} is not accepted here; use {', '.join(allowed)} (see `method` in conf.ini)")
+        super().__init__(
+            f"{method} is not accepted here; use {', '.join(allowed)} (see `method` in conf.ini)",
+            headers={"Allow": ", ".join(allowed)},
+        )
 
 
 class ModelError(ModelServeError):

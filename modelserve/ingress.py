@@ -8,7 +8,6 @@ logged with their traceback under the request id and answered without it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import logging
 import os
@@ -17,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ray import serve
 from starlette.requests import Request
@@ -26,43 +25,56 @@ from starlette.responses import Response
 from modelserve import envelope
 from modelserve.backend import Backend, create_backend, has_batch_method
 from modelserve.errors import MethodNotAllowed, ModelError, ModelLoadError, ModelServeError, NotFound
+from modelserve.replica_spec import ReplicaArgs, ReplicaConfig
 from modelserve.warmup import WarmupError, read_warmup
 
 logger = logging.getLogger("ray.serve")
 
 
-def _prefer_uploaded_packages() -> None:
-    """Put Ray's runtime-env paths (our uploaded package snapshot) before any `algopkg/`
-    that happens to be in the worker's cwd, so the replica runs the code it was deployed with."""
-    for entry in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
-        if "runtime_resources" in entry:
-            with contextlib.suppress(ValueError):
-                sys.path.remove(entry)
-            sys.path.insert(0, entry)
+def use_uploaded_package(package: str, search_path: str | None = None) -> str | None:
+    """Put the uploaded snapshot of `algopkg/<package>` first on sys.path, so a stray `algopkg/`
+    (the worker's cwd, a project on PYTHONPATH) never shadows the code the section was deployed with.
+
+    Ray puts a section's `py_modules` first on PYTHONPATH; the first entry holding the
+    package is the upload. Returns that entry, or None where there is none (tests, local runs).
+    """
+    path = os.environ.get("PYTHONPATH", "") if search_path is None else search_path
+    entry = next((e for e in path.split(os.pathsep) if e and Path(e, "algopkg", package, "backend.py").is_file()), None)
+    if entry is None:
+        return None
+    sys.path[:] = [entry, *(p for p in sys.path if p != entry)]
+    loaded = sys.modules.get("algopkg")
+    if loaded is not None and not any(str(p).startswith(entry) for p in getattr(loaded, "__path__", [])):
+        for name in [m for m in sys.modules if m == "algopkg" or m.startswith("algopkg.")]:
+            del sys.modules[name]
+    return entry
 
 
 def load_backend_class(package: str, class_name: str) -> type:
-    _prefer_uploaded_packages()
+    use_uploaded_package(package)
     module = importlib.import_module(f"algopkg.{package}.backend")
-    return getattr(module, class_name)  # type: ignore[no-any-return]
+    cls = getattr(module, class_name)
+    if not isinstance(cls, type):
+        raise TypeError(f"algopkg.{package}.backend.{class_name} is not a class")
+    return cls
 
 
 class ModelReplica:
     """One replica of one conf.ini section (a Ray Serve deployment class)."""
 
-    def __init__(self, spec: dict[str, Any]) -> None:
-        self._methods: tuple[str, ...] = tuple(spec["methods"])
+    def __init__(self, spec: ReplicaArgs) -> None:
+        self._methods = spec.methods
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
-        cls = load_backend_class(spec["package"], spec["backend"])
-        self._backend: Backend = create_backend(cls, spec["model_zoo"], list(spec["model_files"]))
+        cls = load_backend_class(spec.package, spec.backend)
+        self._backend: Backend = create_backend(cls, spec.model_zoo, list(spec.model_files))
         self._batched = has_batch_method(self._backend)
         self._max_batch_size = 1
         self._batch_wait_s = 0.0
         self._in_flight = 0
         self._warmup: Path | None = None
-        if spec.get("warmup"):
-            package_dir = Path(importlib.import_module(f"algopkg.{spec['package']}").__path__[0])
-            self._warmup = package_dir / spec["warmup"]
+        if spec.warmup:
+            package_dir = Path(importlib.import_module(f"algopkg.{spec.package}").__path__[0])
+            self._warmup = package_dir / spec.warmup
 
     def _warm_up(self, path: Path) -> None:
         try:
@@ -77,14 +89,15 @@ class ModelReplica:
         if self._batched:
             self._backend.infer_batch(requests)
 
-    def reconfigure(self, config: dict[str, Any]) -> None:
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Ray Serve calls this with `user_config` while the replica starts (before it is ready)
         and on every in-place update. Warm-up runs after the first call, as the backend's
         own `reconfigure` may set state its inference needs (the original template's does)."""
-        self._max_batch_size = int(config.get("max_batch_size", 1))
-        self._batch_wait_s = float(config.get("batch_wait_ms", 0)) / 1000
-        self._infer_batched.set_max_batch_size(self._max_batch_size)  # type: ignore[attr-defined,misc]
-        self._backend.reconfigure(dict(config.get("user", {})))
+        config = ReplicaConfig.from_json(user_config)
+        self._max_batch_size = config.max_batch_size
+        self._batch_wait_s = config.batch_wait_ms / 1000
+        self._infer_batched.set_max_batch_size(self._max_batch_size)
+        self._backend.reconfigure(dict(config.user))
         if self._warmup is not None:
             warmup, self._warmup = self._warmup, None
             self._warm_up(warmup)
@@ -126,8 +139,8 @@ class ModelReplica:
         self._in_flight += 1
         try:
             wait_s = self._batch_wait_s if self._in_flight > 1 else 0.0
-            self._infer_batched.set_batch_wait_timeout_s(wait_s)  # type: ignore[attr-defined,misc]
-            return await self._infer_batched(params, request_id)  # type: ignore[misc,call-arg]
+            self._infer_batched.set_batch_wait_timeout_s(wait_s)
+            return await self._infer_batched(params, request_id)
         finally:
             self._in_flight -= 1
 
@@ -142,15 +155,17 @@ class ModelReplica:
             logger.error("request %s: the backend raised", request_id, exc_info=exc)
             raise ModelError(f"the model failed on this request: {type(exc).__name__}: {exc}") from exc
 
-    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)  # type: ignore[arg-type,misc]
-    async def _infer_batched(self, batch: list[dict[str, Any]], request_ids: list[str]) -> list[Any]:  # type: ignore[misc]
+    async def _infer_batch(self, batch: list[dict[str, Any]], request_ids: list[str]) -> list[Any]:
         results = await self._run(self._backend.infer_batch, batch, ",".join(request_ids))
         if not isinstance(results, list) or len(results) != len(batch):
             size = len(results) if isinstance(results, list) else type(results).__name__
             raise ModelError(f"infer_batch returned {size} results for a batch of {len(batch)}; return one per request")
         return results
 
+    # Ray's `serve.batch` is untyped for methods; its wrapper adds set_max_batch_size and
+    # set_batch_wait_timeout_s, which reconfigure and the load-aware window use.
+    _infer_batched = cast(Any, serve.batch)(max_batch_size=1, batch_wait_timeout_s=0.0)(_infer_batch)
+
     def _error(self, exc: ModelServeError, request_id: str) -> Response:
-        headers = {"Allow": ", ".join(exc.allowed)} if isinstance(exc, MethodNotAllowed) else None
         body = envelope.dumps(envelope.failure(exc, request_id))
-        return Response(body, status_code=exc.status_code, media_type="application/json", headers=headers)
+        return Response(body, status_code=exc.status_code, media_type="application/json", headers=exc.headers)

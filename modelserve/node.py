@@ -12,13 +12,12 @@ import random
 import shutil
 import socket
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Ray reads these when its processes start: they select the fast ingress.
-FAST_INGRESS_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+from modelserve import raycompat
+
 _INTERNAL_PORT_FLAGS = (
     "dashboard-agent-listen-port",
     "dashboard-agent-grpc-port",
@@ -37,7 +36,7 @@ NODE_ENV: dict[str, str] = {
     "RAY_RESOURCES": 'custom resources as JSON, e.g. {"camera": 1}',
     "MODELSERVE_INGRESS": "fast (HAProxy) or proxy (Ray Serve's Python proxy); default fast",
     "MODELSERVE_WORKER_HTTP_PORT": "worker: HTTP port of its ingress when it shares a host with the head",
-    "RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH": "the cluster's token; the head creates one if none exists",
+    f"{raycompat.AUTH_TOKEN} / {raycompat.AUTH_TOKEN_PATH}": "the cluster's token; the head creates one if none exists",
     "RAY_TEMP_DIR": "head: Ray's session directory (default /tmp/ray)",
 }
 
@@ -192,33 +191,27 @@ def ray_start_command(spec: NodeSpec) -> list[str]:
 def node_env(spec: NodeSpec, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment Ray's processes start with: token auth and the ingress flags."""
     env = dict(os.environ if base is None else base)
-    env["RAY_AUTH_MODE"] = "token"
-    for key in FAST_INGRESS_ENV:
-        env.pop(key, None)
+    env[raycompat.AUTH_MODE] = "token"
+    env.pop(raycompat.ENABLE_HA_PROXY, None)
     if spec.ingress == "fast":
-        env.update(FAST_INGRESS_ENV)
-        # HAProxy's stats and metrics listeners default to fixed ports (8404, 9101):
-        # give each node its own so several nodes can share a host.
-        env.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(late_port()))
-        env.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(late_port()))
-        # Replicas serve HAProxy on ports from a range that every node of every cluster
-        # on a host would otherwise share (30000-31000): a port one cluster frees can be
-        # taken by another's replica while the first's HAProxy still routes to it.
-        port_base = random.choice(_DIRECT_INGRESS_BLOCKS)
-        for kind, offset in (("HTTP", 0), ("GRPC", 20000)):
-            env.setdefault(f"RAY_SERVE_DIRECT_INGRESS_MIN_{kind}_PORT", str(port_base + offset))
-            env.setdefault(f"RAY_SERVE_DIRECT_INGRESS_MAX_{kind}_PORT", str(port_base + offset + 99))
+        # HAProxy's stats and metrics listeners default to fixed ports (8404, 9101): each node
+        # gets its own so several nodes can share a host. Replicas serve HAProxy on ports from
+        # a range every node of every cluster on a host would otherwise share (30000-31000):
+        # a port one cluster frees could be taken by another's replica while the first's
+        # HAProxy still routes to it. Values already in the environment win.
+        chosen = raycompat.fast_ingress_env(late_port(), late_port(), random.choice(_DIRECT_INGRESS_BLOCKS))
+        env.update({k: v for k, v in chosen.items() if k not in env or k == raycompat.ENABLE_HA_PROXY})
     if spec.role == "worker" and spec.worker_http_port:
-        env["RAY_SERVE_WORKER_PROXY_HTTP_PORT"] = str(spec.worker_http_port)
+        env[raycompat.WORKER_PROXY_HTTP_PORT] = str(spec.worker_http_port)
     return env
 
 
 def token_path(env: Mapping[str, str]) -> Path:
-    return Path(env.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    return Path(env.get(raycompat.AUTH_TOKEN_PATH) or Path.home() / ".ray" / "auth_token")
 
 
 def has_token(env: Mapping[str, str]) -> bool:
-    return bool(env.get("RAY_AUTH_TOKEN")) or token_path(env).is_file()
+    return bool(env.get(raycompat.AUTH_TOKEN)) or token_path(env).is_file()
 
 
 def ensure_token(env: Mapping[str, str], create: bool) -> None:
@@ -251,7 +244,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"starting Ray {spec.role} on {spec.node_ip}: {' '.join(cmd)}", flush=True)
     env = node_env(spec)
-    os.chdir(tempfile.gettempdir())  # workers inherit the cwd: keep a project's algopkg/ off their path
     os.execve(cmd[0], cmd, env)
     return 0  # not reached
 

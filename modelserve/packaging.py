@@ -1,12 +1,14 @@
-"""What travels to the cluster: a package staged for upload, digests of model files.
+"""What travels to the cluster: packages and the replica runtime staged for upload, digests.
 
 An algorithm package goes to the nodes as a `py_modules` entry holding just
-`algopkg/__init__.py` and `algopkg/<Package>/`. Ray names the upload by a hash
-of its content, so the URI changes exactly when the package's code does.
+`algopkg/__init__.py` and `algopkg/<Package>/`; the modules a replica runs (modelserve's
+`app.py` and what it imports) go the same way. Ray names an upload by a hash of its
+content, so a URI changes exactly when that code does: editing the CLI rolls nothing.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import shutil
 import tempfile
@@ -34,9 +36,44 @@ def read_requirements(path: Path) -> tuple[str, ...]:
     return tuple(line for line in lines if line)
 
 
-def runtime_digest() -> str:
-    """Digest of modelserve's own sources: a new runtime rolls the replicas like new package code."""
-    return files_digest(sorted(Path(__file__).parent.glob("*.py")))
+_RUNTIME_DIR = Path(__file__).resolve().parent
+_REPLICA_ENTRY = "app"
+
+
+def _imported_modules(source: Path, runtime_dir: Path) -> set[str]:
+    """modelserve modules a file imports (`from modelserve import x`, `from modelserve.x import y`)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module == "modelserve":
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("modelserve."):
+            found.add(str(node.module).split(".")[1])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("modelserve."))
+    return {name for name in found if (runtime_dir / f"{name}.py").is_file()}
+
+
+def replica_modules(runtime_dir: Path = _RUNTIME_DIR) -> list[Path]:
+    """The files a replica runs: `app.py`, `__init__.py` and everything they import, transitively."""
+    seen: set[str] = set()
+    todo = [_REPLICA_ENTRY, "__init__"]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(_imported_modules(runtime_dir / f"{name}.py", runtime_dir) - seen)
+    return sorted(runtime_dir / f"{name}.py" for name in seen)
+
+
+@contextmanager
+def staged_runtime() -> Iterator[Path]:
+    """A temporary `modelserve/` directory holding only the replica's modules, ready for upload."""
+    with tempfile.TemporaryDirectory(prefix="modelserve-runtime-") as tmp:
+        staged = Path(tmp) / "modelserve"
+        staged.mkdir()
+        for path in replica_modules():
+            shutil.copy2(path, staged / path.name)
+        yield staged
 
 
 def files_digest(paths: Iterable[Path], chunk_bytes: int = 1 << 20) -> str:

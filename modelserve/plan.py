@@ -1,12 +1,12 @@
-"""Specs -> one Ray Serve declarative config; what applying it changes. Pure: no Ray.
+"""Specs -> one Ray Serve declarative config; what applying it changes. Pure: no cluster.
 
-Each section becomes one Serve application. What decides a restart is kept
-apart from what updates in place:
-- `import_path`, `runtime_env` and `args` form Ray's code version: the package
-  upload URI and the model files' digest live there, so new code or new model
-  files roll the replicas (new ones start before old ones stop).
-- the deployment options (`num_replicas`, `user_config`, batching, limits)
-  are applied to running replicas without restarting them.
+Each section becomes one Serve application. Whether a change rolls the replicas or updates
+them in place is declared with each conf.ini key (`keys.ROLL_OUT` / `keys.IN_PLACE`):
+- roll-out keys travel in the application's `args` (`ReplicaArgs`), which Ray hashes into
+  the code version together with `import_path` and `runtime_env` (the uploaded runtime and
+  package, the model files' digest): new replicas start before old ones stop.
+- in-place keys are deployment options (`num_replicas`, `user_config`, limits), applied to
+  running replicas without restarting them.
 """
 
 from __future__ import annotations
@@ -15,62 +15,63 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelserve.config import Config, SectionSpec
+from modelserve import raycompat
+from modelserve.keys import IN_PLACE, ROLL_OUT
+from modelserve.replica_spec import ReplicaArgs, ReplicaConfig
+from modelserve.settings import SECTION_KEYS, Config, SectionSpec
 
 IMPORT_PATH = "modelserve.app:build"
 #: Start a replacement replica (at least one, 25% of the target) before stopping
 #: an old one: a new version that fails to load never takes down the running one.
 MAX_SURGE_PERCENT = 25
-#: Ray Serve settings each replica process reads when it starts. They travel in the section's
-#: runtime_env, so they hold however the nodes were started. Measured with `make bench` at 32
-#: connections (bench/RESULTS.md):
-#: - user code on the replica's own event loop: a request is no longer handed to a second loop
-#:   thread and back (Ray's RAY_SERVE_THROUGHPUT_OPTIMIZED does the same). The loop never blocks
-#:   on the model, which runs on the replica's model thread. 1,302 -> 1,598 requests/s.
-#: - Serve's log lines (and a backend's print) go to the replica's log file, which the dashboard
-#:   shows, and not also to the worker's stderr, which nobody reads: the controller is not a Ray
-#:   driver. About +12% (medians 1,790 -> 2,000 over 4 runs each).
-REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_LOG_TO_STDERR": "0"}
 _CODE_KEYS = ("import_path", "runtime_env", "args", "route_prefix")
 
 
 @dataclass(frozen=True)
 class Artifacts:
-    """What the planner needs from outside: upload URIs and model digests per section."""
+    """What the planner needs from outside: upload URIs and model digests."""
 
     package_uri: Mapping[str, str]
     model_digest: Mapping[str, str]
     requirements: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    runtime_digest: str = ""
+    #: The replica's own modules (modelserve's), uploaded like a package: replicas run exactly
+    #: the code the controller planned with, whatever copy the nodes have installed.
+    runtime_uri: str = ""
+
+    @classmethod
+    def placeholder(cls, config: Config) -> Artifacts:
+        """Stand-ins for `check`, which validates the plan without a cluster."""
+        return cls(
+            {s.package: f"gcs://_modelserve_pkg_{s.package}.zip" for s in config.sections},
+            {s.section: "0" * 16 for s in config.sections},
+            {s.package: () for s in config.sections},
+            "gcs://_modelserve_runtime.zip",
+        )
 
 
 @dataclass(frozen=True)
 class Change:
     app: str
-    action: str  # "new", "roll out", "update in place", "unchanged", "remove"
+    action: str  # "new", ROLL_OUT, IN_PLACE, "unchanged", "remove"
 
 
-def section_args(spec: SectionSpec, config: Config, model_digest: str, runtime_digest: str = "") -> dict[str, Any]:
-    return {
-        "section": spec.section,
-        "deployment": spec.package,
-        "package": spec.package,
-        "backend": spec.backend,
-        "model_zoo": str(config.model_zoo),
-        "model_files": list(spec.model_files),
-        "model_digest": model_digest,
-        "runtime_digest": runtime_digest,
-        "methods": list(spec.methods),
-        "warmup": spec.warmup,
-    }
+def replica_args(spec: SectionSpec, config: Config, model_digest: str) -> ReplicaArgs:
+    rollout = {name: getattr(spec, f) for name, (f, key) in SECTION_KEYS.items() if key.change == ROLL_OUT}
+    return ReplicaArgs(
+        section=spec.section,
+        package=spec.package,
+        backend=spec.backend,
+        model_zoo=str(config.model_zoo),
+        model_files=spec.model_files,
+        methods=spec.methods,
+        warmup=spec.warmup,
+        model_digest=model_digest,
+        rollout_keys={k: list(v) if isinstance(v, tuple) else v for k, v in rollout.items()},
+    )
 
 
-def user_config(spec: SectionSpec) -> dict[str, Any]:
-    return {
-        "user": dict(spec.user_config),
-        "max_batch_size": spec.max_batch_size,
-        "batch_wait_ms": spec.batch_wait_ms,
-    }
+def replica_config(spec: SectionSpec) -> ReplicaConfig:
+    return ReplicaConfig(dict(spec.user_config), spec.max_batch_size, spec.batch_wait_ms)
 
 
 def deployment_options(spec: SectionSpec, access_log: bool = False) -> dict[str, Any]:
@@ -78,11 +79,11 @@ def deployment_options(spec: SectionSpec, access_log: bool = False) -> dict[str,
         "name": spec.package,
         "num_replicas": spec.replicas,
         "max_ongoing_requests": spec.max_ongoing_requests,
-        "user_config": user_config(spec),
+        "user_config": replica_config(spec).to_json(),
         "ray_actor_options": {"num_cpus": spec.cpu_cost, "num_gpus": spec.gpu_cost},
         "max_surge_percent": MAX_SURGE_PERCENT,
-        # Serve's access log costs ~15% of a replica's throughput (`make bench`); like gunicorn's,
-        # it is off unless `[MODEL SERVE] access_log = on`. Errors are logged either way.
+        # Serve's per-request access log is off unless `[MODEL SERVE] access_log = on`, as in
+        # gunicorn (its cost: bench/RESULTS.md). Errors are logged either way.
         "logging_config": {"enable_access_log": access_log},
     }
     if spec.max_replicas_per_node is not None:
@@ -104,18 +105,19 @@ def application(spec: SectionSpec, config: Config, artifacts: Artifacts) -> dict
         "MODEL_ZOO": str(config.model_zoo),
         "MODEL_NAME": spec.app_name,
         "MODEL_FILES": ",".join(spec.model_files),
-        **REPLICA_ENV,
+        **raycompat.replica_env(),
     }
+    py_modules = [artifacts.runtime_uri] if artifacts.runtime_uri else []
     return {
         "name": spec.app_name,
         "route_prefix": f"/{spec.route}",
         "import_path": IMPORT_PATH,
         "runtime_env": {
-            "py_modules": [artifacts.package_uri[spec.package]],
+            "py_modules": [*py_modules, artifacts.package_uri[spec.package]],
             "env_vars": env_vars,
             **package_env(spec, artifacts),
         },
-        "args": section_args(spec, config, artifacts.model_digest[spec.section], artifacts.runtime_digest),
+        "args": replica_args(spec, config, artifacts.model_digest[spec.section]).to_json(),
         "deployments": [deployment_options(spec, config.serve.access_log)],
     }
 
@@ -127,6 +129,21 @@ def deploy_config(config: Config, artifacts: Artifacts) -> dict[str, Any]:
         "http_options": {"host": config.serve.host, "port": config.serve.port},
         "applications": [application(spec, config, artifacts) for spec in config.sections],
     }
+
+
+def schema_problems(desired: Mapping[str, Any]) -> list[str]:
+    """What Ray itself would reject in a deploy config, as `[section]`-named problems."""
+    names = {app["name"]: app["args"]["section"] for app in desired.get("applications", [])}
+    problems = []
+    for problem in raycompat.deploy_schema_problems(desired):
+        where, _, msg = problem.partition(": ")
+        parts = where.split(".")
+        if parts[0] == "applications" and len(parts) > 1 and parts[1].isdigit():
+            app = desired["applications"][int(parts[1])]["name"]
+            problems.append(f"[{names[app]}] Ray Serve rejects {'.'.join(parts[2:])}: {msg}")
+        else:
+            problems.append(f"Ray Serve rejects {where}: {msg}")
+    return problems
 
 
 def _subset(running: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
@@ -148,9 +165,9 @@ def diff(desired: Mapping[str, Any], running: Mapping[str, Mapping[str, Any]]) -
         if current is None:
             action = "new"
         elif any(current.get(k) != app[k] for k in _CODE_KEYS):
-            action = "roll out"
+            action = ROLL_OUT
         elif not _deployments_match(current.get("deployments") or [], app["deployments"]):
-            action = "update in place"
+            action = IN_PLACE
         else:
             action = "unchanged"
         changes.append(Change(app["name"], action))

@@ -48,7 +48,7 @@ def node_labels(replicas: list[Mapping[str, Any]]) -> tuple[str, ...]:
 def app_row(name: str, app: Mapping[str, Any], base_url: str) -> Row:
     """One row for one Serve application (one conf.ini section)."""
     config = app.get("deployed_app_config") or {}
-    section = (config.get("args") or {}).get("section") or name
+    section = (config.get("args") or {}).get("section") or f"algopkg.{name}"
     deployment = _deployment(app)
     replicas = deployment.get("replicas") or []
     running = [r for r in replicas if r.get("state") == "RUNNING"]

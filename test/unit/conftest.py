@@ -1,4 +1,7 @@
+from collections.abc import Iterator
+
 import pytest
+from fake_dashboard import FakeDashboard, fake_dashboard
 
 
 @pytest.fixture(autouse=True)
@@ -18,3 +21,14 @@ def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(modelserve.cluster, "start_local_head", forbidden)
     monkeypatch.setattr(modelserve.cli, "Cluster", forbidden)
     monkeypatch.setattr(modelserve.node.os, "execve", forbidden)
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDashboard]:
+    """A fake dashboard (no Ray behind it) that the CLI may talk to."""
+    import modelserve.cli
+    import modelserve.cluster
+
+    monkeypatch.setattr(modelserve.cli, "Cluster", modelserve.cluster.Cluster)
+    with fake_dashboard() as dashboard:
+        yield dashboard

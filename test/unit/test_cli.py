@@ -1,9 +1,10 @@
+import re
 from pathlib import Path
 
 import pytest
 from helpers import make_project, write_conf
 
-from modelserve.cli import main, parser
+from modelserve.cli import cmd_apply, main, parser
 
 
 @pytest.mark.parametrize(
@@ -17,7 +18,7 @@ def test_config_flag_before_or_after_the_subcommand(argv: list[str]) -> None:
 
 def test_apply_is_the_default() -> None:
     args = parser().parse_args([])
-    assert (args.command, args.config) == (None, "conf.ini")
+    assert (args.command, args.config, args.func) == ("apply", "conf.ini", cmd_apply)
 
 
 def test_check_touches_no_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -31,3 +32,99 @@ def test_invalid_file_exits_2_and_names_the_key(tmp_path: Path, capsys: pytest.C
     for command in (["check"], ["apply"], []):
         assert main([*command, "-c", str(conf)]) == 2
         assert "[algopkg.Echo] replicas = '-1'" in capsys.readouterr().err
+
+
+ECHO = "[algopkg.Echo]\nbackend = Echo\nroute = echo\nmethod = POST\n"
+
+
+def healthy(route: str = "/echo", replicas: int = 1) -> dict:
+    running = [{"state": "RUNNING", "node_ip": "127.0.0.1", "node_id": "n1"}] * replicas
+    return {
+        "status": "RUNNING",
+        "route_prefix": route,
+        "deployed_app_config": {"args": {"section": "algopkg.Echo"}},
+        "deployments": {"Echo": {"status": "HEALTHY", "replicas": running, "target_num_replicas": replicas}},
+    }
+
+
+def test_an_unreachable_cluster_exits_3(fake, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from modelserve.node import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    conf = write_conf(make_project(tmp_path), {"address": closed}, ECHO)
+    assert main(["status", "-c", str(conf)]) == 3
+    assert f"cannot reach the Ray dashboard at {closed}" in capsys.readouterr().err
+
+
+def test_status_without_any_cluster_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from modelserve.node import free_port
+
+    conf = write_conf(make_project(tmp_path), {"address": "local", "dashboard_port": free_port()}, ECHO)
+    assert main(["status", "-c", str(conf)]) == 3
+    assert "no Ray cluster is running" in capsys.readouterr().err
+
+
+def test_apply_sends_the_plan_and_reports_healthy(fake, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.details["applications"] = {"Echo": healthy()}
+    conf = write_conf(make_project(tmp_path), {"address": fake.url, "port": 8123}, ECHO)
+    assert main(["-c", str(conf)]) == 0
+    out = capsys.readouterr().out
+    (sent,) = fake.deployed
+    assert [a["name"] for a in sent["applications"]] == ["Echo"] and sent["http_options"]["port"] == 8123
+    assert "new  Echo" not in out and re.search(r"algopkg.Echo\s+http://127.0.0.1:8123/echo\s+1/1\s+HEALTHY", out)
+
+
+def test_apply_stops_waiting_at_the_deploy_timeout(fake, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    starting = healthy()
+    starting["status"], starting["deployments"]["Echo"]["status"] = "DEPLOYING", "UPDATING"
+    fake.details["applications"] = {"Echo": starting}
+    conf = write_conf(make_project(tmp_path), {"address": fake.url, "deploy_timeout_s": 2}, ECHO)
+    began = time.monotonic()
+    assert main(["-c", str(conf)]) == 1
+    assert 2 <= time.monotonic() - began < 10
+    captured = capsys.readouterr()
+    assert "DEPLOYING" in captured.out and "[algopkg.Echo] is DEPLOYING" in captured.err
+
+
+def test_apply_warns_when_serve_listens_on_another_port(
+    fake, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.details = {"applications": {"Echo": healthy()}, "http_options": {"port": 9999}}
+    conf = write_conf(make_project(tmp_path), {"address": fake.url, "port": 8123}, ECHO)
+    assert main(["-c", str(conf)]) == 0
+    assert "already listens on port 9999; [MODEL SERVE] port = 8123 takes effect" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("breakage", ["broken", "missing"])
+def test_status_and_down_work_from_the_last_apply_when_conf_ini_is_unusable(
+    fake, tmp_path: Path, capsys: pytest.CaptureFixture[str], breakage: str
+) -> None:
+    fake.details["applications"] = {"Echo": healthy()}
+    conf = write_conf(make_project(tmp_path), {"address": fake.url, "port": 8123}, ECHO)
+    assert main(["-c", str(conf)]) == 0
+    capsys.readouterr()
+    if breakage == "broken":
+        conf.write_text(conf.read_text() + "replicas = lots\n")
+    else:
+        conf.unlink()
+    assert main(["status", "-c", str(conf)]) == 0
+    captured = capsys.readouterr()
+    assert "acting on the cluster of the last apply" in captured.err and fake.url in captured.err
+    assert re.search(r"algopkg.Echo\s+http://127.0.0.1:8123/echo\s+1/1\s+HEALTHY", captured.out)
+    fake.details["applications"] = {}
+    assert main(["down", "-c", str(conf)]) == 0
+    assert fake.deployed[-1] == {"applications": []}
+    assert f"removed 0 section(s) from {fake.url}" in capsys.readouterr().out
+
+
+def test_a_broken_conf_ini_without_a_last_apply_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = write_conf(make_project(tmp_path), {}, ECHO + "replicas = lots\n")
+    assert main(["status", "-c", str(conf)]) == 2
+    assert "replicas = 'lots'" in capsys.readouterr().err
+
+
+def test_check_validates_the_plan_with_ray_s_schema(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = write_conf(make_project(tmp_path), {}, ECHO)
+    assert main(["check", "-c", str(conf)]) == 0

@@ -86,7 +86,10 @@ def test_route_errors(project: Path) -> None:
     found = problems(project, EXAMPLE.replace("route = extract", "route = -/healthz"))
     assert any("reserves" in p for p in found)
     found = problems(project, EXAMPLE.replace("route = extract\n", ""))
-    assert any("route = ''" in p for p in found)
+    assert (
+        "[algopkg.AlgoExample] route: missing; write e.g. `route = extract` (HTTP path the section is served at)"
+        in found
+    )
 
 
 def test_duplicate_routes_and_ping_collisions(project: Path) -> None:
@@ -138,3 +141,58 @@ def test_syntax_error_in_backend_is_reported_without_importing(project: Path) ->
     (project / "algopkg" / "Echo" / "backend.py").write_text("class Echo(:\n")
     found = problems(project, "[algopkg.Echo]\nbackend = Echo\nroute = echo\n")
     assert any("syntax error at line 1" in p for p in found)
+
+
+def test_a_misspelled_key_gets_a_suggestion(project: Path) -> None:
+    found = problems(project, EXAMPLE + "replcas = 2\n", prot=8000)
+    assert "[algopkg.AlgoExample] replcas: unknown key; did you mean `replicas`?" in found
+    assert "[MODEL SERVE] prot: unknown key; did you mean `port`?" in found
+
+
+def test_a_fix_says_what_to_write(project: Path) -> None:
+    found = problems(project, EXAMPLE + "replicas = lots\n")
+    assert found == [
+        "[algopkg.AlgoExample] replicas = 'lots': must be a whole number from 1 to 1024 (fix: e.g. `replicas = 4`)"
+    ]
+
+
+@pytest.mark.parametrize("value", ["auto", "local", "http://head:8265", "https://h", "10.0.0.5:6379", "head:6379"])
+def test_valid_addresses(project: Path, value: str) -> None:
+    assert load_config(write_conf(project, {"address": value}, EXAMPLE)).serve.address == value
+
+
+@pytest.mark.parametrize("value", ["atuo", "head", "ray://", "head:port"])
+def test_invalid_addresses_are_rejected_by_check(project: Path, value: str) -> None:
+    (found,) = problems(project, EXAMPLE, address=value)
+    assert found.startswith(f"[MODEL SERVE] address = {value!r}: must be auto, local, a dashboard URL")
+
+
+@pytest.mark.parametrize("value", ["", "127.0.0.1 x", "0.0.0.0\t"])
+def test_a_host_with_whitespace_is_rejected(project: Path, value: str) -> None:
+    path = write_conf(project, {}, EXAMPLE)
+    path.write_text(path.read_text().replace("[MODEL SERVE]\n", f"[MODEL SERVE]\nhost = {value}\n"))
+    if value.strip() and " " not in value.strip():
+        assert load_config(path).serve.host == value.strip()  # configparser strips the line's ends
+        return
+    with pytest.raises(ConfigError, match=r"\[MODEL SERVE\] host = .*must be an interface address"):
+        load_config(path)
+
+
+def test_every_kind_of_problem_is_reported_in_one_run(project: Path) -> None:
+    """Key errors, a missing class, a missing model file and a route clash, all at once."""
+    other = EXAMPLE.replace("[algopkg.AlgoExample]", "[algopkg.AlgoExample:b]").replace("algo_backend", "Nope")
+    other = other.replace("algoexample_model_v1.npz", "absent.npz") + "replicas = x\n"
+    found = problems(project, EXAMPLE, other)
+    assert len(found) == 4, found
+    assert any("[algopkg.AlgoExample:b] replicas = 'x'" in p for p in found)
+    assert any("[algopkg.AlgoExample:b] backend = 'Nope': no class of that name" in p for p in found)
+    assert any("[algopkg.AlgoExample:b] model = 'absent.npz': file not found" in p for p in found)
+    assert any("[algopkg.AlgoExample:b] route = 'extract': /extract is already the route of" in p for p in found)
+
+
+def test_a_missing_backend_says_what_to_write(project: Path) -> None:
+    found = problems(project, EXAMPLE.replace("backend = algo_backend\n", ""))
+    assert found == [
+        "[algopkg.AlgoExample] backend: missing; write e.g. `backend = Classifier` "
+        "(class name in algopkg/<Package>/backend.py)"
+    ]

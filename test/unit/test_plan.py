@@ -4,7 +4,10 @@ import pytest
 from helpers import make_project, write_conf
 
 from modelserve import plan
-from modelserve.config import Config, load_config
+from modelserve.config import load_config
+from modelserve.keys import IN_PLACE, ROLL_OUT
+from modelserve.replica_spec import ReplicaArgs, ReplicaConfig
+from modelserve.settings import SECTION_KEYS, Config
 
 SECTION = """
 [algopkg.Echo]
@@ -23,8 +26,8 @@ def config(tmp_path: Path) -> Config:
     return load_config(write_conf(make_project(tmp_path), {"port": 9000}, SECTION))
 
 
-def artifacts(uri: str = "gcs://_ray_pkg_a.zip", digest: str = "d1") -> plan.Artifacts:
-    return plan.Artifacts(package_uri={"Echo": uri}, model_digest={"algopkg.Echo": digest})
+def artifacts(uri: str = "gcs://_ray_pkg_a.zip", digest: str = "d1", runtime: str = "gcs://rt.zip") -> plan.Artifacts:
+    return plan.Artifacts({"Echo": uri}, {"algopkg.Echo": digest}, {"Echo": ("numpy",)}, runtime)
 
 
 def test_one_application_per_section(config: Config) -> None:
@@ -32,12 +35,13 @@ def test_one_application_per_section(config: Config) -> None:
     assert desired["http_options"] == {"host": "127.0.0.1", "port": 9000}
     (app,) = desired["applications"]
     assert (app["name"], app["route_prefix"], app["import_path"]) == ("Echo", "/echo", "modelserve.app:build")
-    assert app["runtime_env"]["py_modules"] == ["gcs://_ray_pkg_a.zip"]
+    assert app["runtime_env"]["py_modules"] == ["gcs://rt.zip", "gcs://_ray_pkg_a.zip"]
     assert app["runtime_env"]["env_vars"]["MODEL_FILES"] == "echo_model.txt"
     assert app["runtime_env"]["env_vars"]["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
     assert app["args"]["model_digest"] == "d1"
     (deployment,) = app["deployments"]
-    assert deployment["num_replicas"] == 2
+    assert deployment["name"] == "Echo" and deployment["num_replicas"] == 2
+    assert deployment["max_ongoing_requests"] == 32 and "max_replicas_per_node" not in deployment
     assert deployment["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 0.5}
     assert deployment["user_config"]["user"] == {"k": 1}
     assert deployment["max_surge_percent"] == 25
@@ -84,3 +88,64 @@ def test_diff_classifies_changes(config: Config) -> None:
     scaled["applications"][0]["deployments"][0]["num_replicas"] = 3
     assert plan.diff(scaled, running)[0].action == "update in place"
     assert plan.diff({"applications": []}, running) == [plan.Change("Echo", "remove")]
+
+
+def test_the_replica_contract_round_trips_through_json(config: Config) -> None:
+    import json
+
+    desired = plan.deploy_config(config, artifacts())
+    (app,) = desired["applications"]
+    args = ReplicaArgs.from_json(json.loads(json.dumps(app["args"])))
+    assert args == plan.replica_args(config.sections[0], config, "d1")
+    assert (args.package, args.backend, args.model_files, args.methods) == (
+        "Echo",
+        "Echo",
+        ("echo_model.txt",),
+        ("GET",),
+    )
+    user = ReplicaConfig.from_json(json.loads(json.dumps(app["deployments"][0]["user_config"])))
+    assert user == ReplicaConfig({"k": 1}, 32, 5.0)
+
+
+def test_spread_is_a_deployment_option(config: Config) -> None:
+    from dataclasses import replace
+
+    spread = replace(config, sections=(replace(config.sections[0], max_replicas_per_node=1),))
+    assert plan.deploy_config(spread, artifacts())["applications"][0]["deployments"][0]["max_replicas_per_node"] == 1
+
+
+@pytest.mark.parametrize("name", sorted(SECTION_KEYS))
+def test_the_apply_table_says_what_each_key_declares(config: Config, name: str) -> None:
+    """Changing a key to its example value is labelled as the key declares (roll out or in place)."""
+    from dataclasses import replace
+
+    field_name, key = SECTION_KEYS[name]
+    spec = config.sections[0]
+    changed = replace(spec, **{field_name: key.parse(key.example)})
+    assert getattr(changed, field_name) != getattr(spec, field_name), f"the example of {name} is its current value"
+    running = running_copy(plan.deploy_config(config, artifacts()))
+    desired = plan.deploy_config(replace(config, sections=(changed,)), artifacts())
+    assert key.change in (ROLL_OUT, IN_PLACE)
+    assert plan.diff(desired, running) == [plan.Change("Echo", key.change)]
+
+
+def test_ray_restarts_replicas_for_placement_so_they_roll_out(config: Config) -> None:
+    from dataclasses import replace
+
+    running = running_copy(plan.deploy_config(config, artifacts()))
+    for change in ({"cpu_cost": 2.0}, {"gpu_cost": 1.0}, {"max_replicas_per_node": 3}):
+        desired = plan.deploy_config(replace(config, sections=(replace(config.sections[0], **change),)), artifacts())
+        assert plan.diff(desired, running) == [plan.Change("Echo", "roll out")], change
+
+
+def test_a_new_runtime_rolls_out(config: Config) -> None:
+    running = running_copy(plan.deploy_config(config, artifacts()))
+    assert plan.diff(plan.deploy_config(config, artifacts(runtime="gcs://rt2.zip")), running)[0].action == "roll out"
+
+
+def test_the_plan_passes_ray_s_own_schema_and_its_rejections_name_the_section(config: Config) -> None:
+    desired = plan.deploy_config(config, plan.Artifacts.placeholder(config))
+    assert plan.schema_problems(desired) == []
+    desired["applications"][0]["deployments"][0]["max_ongoing_requests"] = 0
+    (problem, *_) = plan.schema_problems(desired)
+    assert problem.startswith("[algopkg.Echo] Ray Serve rejects deployments.0.max_ongoing_requests"), problem

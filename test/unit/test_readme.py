@@ -3,7 +3,9 @@
 import re
 from pathlib import Path
 
-from modelserve.config import SECTION_KEYS, SERVE_KEYS
+import pytest
+
+from modelserve.settings import SECTION_KEYS, SERVE_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -17,9 +19,24 @@ def test_the_two_commands_exist_and_ci_runs_the_test_command() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_every_conf_key_is_documented() -> None:
-    for key in [*SERVE_KEYS, *SECTION_KEYS]:
-        assert f"`{key}`" in README, key
+def _table_rows(heading: str) -> dict[str, list[str]]:
+    """`{key: [default, on change, meaning]}` of the key table under a README line."""
+    rows: dict[str, list[str]] = {}
+    for line in README.split(heading, 1)[1].split("\n\n", 2)[1].splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        for name in re.findall(r"`([a-z_]+)`", cells[0]):
+            rows[name] = cells[1:]
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("heading", "declared"), [("`[MODEL SERVE]` keys:", SERVE_KEYS), ("Section keys:", SECTION_KEYS)]
+)
+def test_every_conf_key_is_documented_with_its_default_and_what_a_change_does(heading: str, declared: dict) -> None:
+    rows = _table_rows(heading)
+    assert set(rows) == set(declared)
+    for name, (_, key) in declared.items():
+        assert rows[name][:2] == [key.shown_default, key.change], name
 
 
 def test_the_backend_example_runs(tmp_path: Path) -> None:

@@ -57,3 +57,13 @@ def test_table_and_missing_apps() -> None:
     assert text.splitlines()[0].split() == ["SECTION", "URL", "REPLICAS", "STATUS", "NODES"]
     assert "algopkg.Echo" in text and "1/1" in text and "MISSING" in text
     assert status.table([]) == "no sections are deployed"
+
+
+def test_a_scale_down_is_not_settled_until_the_extra_replicas_are_gone() -> None:
+    assert not status.settled(app("RUNNING", "HEALTHY", ["RUNNING", "RUNNING", "RUNNING"], 1))
+    assert status.settled(app("RUNNING", "HEALTHY", ["RUNNING"], 1))
+
+
+def test_an_app_being_deleted_keeps_its_section_name() -> None:
+    deleting = {"status": "DELETING", "deployed_app_config": None, "deployments": {}}
+    assert status.app_row("Echo:small", deleting, "").section == "algopkg.Echo:small"

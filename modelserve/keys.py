@@ -1,0 +1,189 @@
+"""Every conf.ini key, declared once: parser, default, help, an example and what a change does.
+
+A key is declared as a field of `ServeSettings` or `SectionSpec` (config.py) with `conf_key`;
+the parser, the README check and the planner's roll-out/in-place decision all read it from
+there. A parser raises `Invalid` with what a valid value looks like.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import Field, dataclass, field, fields
+from typing import Any
+
+#: What changing a key does to running sections (the apply table prints the first two).
+IN_PLACE = "update in place"
+ROLL_OUT = "roll out"
+SERVE_RESTART = "when Serve restarts"
+LOCAL_START = "when the local cluster starts"
+NEXT_RUN = "next run"
+
+ROUTE_RE = re.compile(r"^[A-Za-z0-9_.~-]+(/[A-Za-z0-9_.~-]+)*$")
+METHODS = ("GET", "POST")
+_HOST_PORT = re.compile(r"^[A-Za-z0-9_.-]+:\d{1,5}$")
+
+
+class Invalid(ValueError):
+    """Raised by a parser; the message says what a valid value looks like."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """One conf.ini key."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: str | None  # as written in conf.ini; None: required
+    help: str
+    example: str
+    change: str
+
+    @property
+    def required(self) -> bool:
+        return self.default is None
+
+    @property
+    def shown_default(self) -> str:
+        """The default as the README's key tables show it."""
+        return "(required)" if self.default is None else self.default or "empty"
+
+
+def conf_key(
+    name: str, parse: Callable[[str], Any], *, default: str | None, change: str, example: str, help: str
+) -> Any:
+    """A dataclass field that is also the declaration of conf.ini key `name`."""
+    key = Key(name, parse, default, help, example, change)
+    if default is None:
+        return field(metadata={"conf": key})
+    return field(default_factory=lambda: parse(default), metadata={"conf": key})
+
+
+def declared_keys(cls: type) -> dict[str, tuple[str, Key]]:
+    """`{conf.ini name: (field name, Key)}` of a settings dataclass, in declaration order."""
+    found: dict[str, tuple[str, Key]] = {}
+    for f in fields(cls):
+        key = _key_of(f)
+        if key is not None:
+            found[key.name] = (f.name, key)
+    return found
+
+
+def _key_of(f: Field[Any]) -> Key | None:
+    key = f.metadata.get("conf")
+    return key if isinstance(key, Key) else None
+
+
+# ---------------------------------------------------------------- parsers
+
+
+def whole(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise Invalid(f"must be a whole number from {low} to {high}") from None
+        if not low <= value <= high:
+            raise Invalid(f"must be a whole number from {low} to {high}")
+        return value
+
+    return parse
+
+
+def number(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise Invalid(f"must be a number from {low:g} to {high:g}") from None
+        if not low <= value <= high:
+            raise Invalid(f"must be a number from {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
+def optional_whole(low: int, high: int) -> Callable[[str], int | None]:
+    inner = whole(low, high)
+
+    def parse(raw: str) -> int | None:
+        return None if raw in ("", "auto") else inner(raw)
+
+    return parse
+
+
+def text(raw: str) -> str:
+    return raw
+
+
+def host(raw: str) -> str:
+    if not raw or any(c.isspace() for c in raw):
+        raise Invalid("must be an interface address such as 127.0.0.1 (or 0.0.0.0 for all)")
+    return raw
+
+
+def address(raw: str) -> str:
+    if raw in ("auto", "local") or raw.startswith(("http://", "https://")) or _HOST_PORT.match(raw):
+        return raw
+    raise Invalid("must be auto, local, a dashboard URL such as http://head:8265 or a GCS address such as head:6379")
+
+
+def gpu_cost(raw: str) -> float:
+    value = number(0.0, 64.0)(raw)
+    if value > 1 and not value.is_integer():
+        raise Invalid("above 1 must be a whole number of GPUs (fractions are for sharing one GPU)")
+    return value
+
+
+def route(raw: str) -> str:
+    path = raw.strip().strip("/")
+    if not path or not ROUTE_RE.match(path):
+        raise Invalid("must be a URL path such as `extract` or `face/detect` (letters, digits, _ . ~ -)")
+    if path.split("/")[0] == "-":
+        raise Invalid("must not start with `-/`, which Ray Serve reserves for its own endpoints")
+    return path
+
+
+def methods(raw: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(m.strip().upper() for m in raw.split(",") if m.strip()))
+    if not names or any(m not in METHODS for m in names):
+        raise Invalid("must be GET, POST or GET,POST")
+    return names
+
+
+def files(raw: str) -> tuple[str, ...]:
+    return tuple(f.strip() for f in raw.split(",") if f.strip())
+
+
+def json_object(raw: str) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise Invalid(f'must be a JSON object such as {{"threshold": 0.5}} ({exc.msg})') from None
+    if not isinstance(value, dict):
+        raise Invalid('must be a JSON object such as {"threshold": 0.5}')
+    return value
+
+
+def env(raw: str) -> str:
+    if raw in ("", "pip") or (raw.startswith("conda:") and len(raw) > len("conda:")):
+        return raw
+    raise Invalid("must be empty (the nodes' environment), `pip` (from the package's requirements.txt) or conda:NAME")
+
+
+_BOOLS = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
+
+
+def on_off(raw: str) -> bool:
+    if raw.lower() not in _BOOLS:
+        raise Invalid("must be on or off")
+    return _BOOLS[raw.lower()]
+
+
+def ingress(raw: str) -> str:
+    if raw not in ("fast", "proxy"):
+        raise Invalid("must be `fast` (HAProxy ingress) or `proxy` (Ray Serve's Python proxy)")
+    return raw

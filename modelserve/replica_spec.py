@@ -1,0 +1,58 @@
+"""The one contract between the planner (controller side) and the replica (cluster side).
+
+`ReplicaArgs` travel as the application's `args`: Ray hashes them into the code version,
+so a change of any of them rolls the replicas. `ReplicaConfig` travels as the deployment's
+`user_config`: Ray hands it to running replicas (`reconfigure`) without restarting them.
+Both cross the wire as JSON; `to_json`/`from_json` are the only encoders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ReplicaArgs:
+    """What every replica of one section is built with."""
+
+    section: str
+    package: str
+    backend: str
+    model_zoo: str
+    model_files: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ("GET",)
+    warmup: str = ""
+    model_digest: str = ""
+    #: Every conf.ini key whose change rolls the replicas (keys.ROLL_OUT), by name: being part of
+    #: the args makes Ray roll them exactly when the apply table says "roll out".
+    rollout_keys: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["model_files"], data["methods"] = list(self.model_files), list(self.methods)
+        data["rollout_keys"] = dict(self.rollout_keys)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ReplicaArgs:
+        return cls(
+            **{**data, "model_files": tuple(data.get("model_files", ())), "methods": tuple(data.get("methods", ()))}
+        )
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """What a running replica takes in place: the backend's own `user_config` and batching."""
+
+    user: Mapping[str, Any] = field(default_factory=dict)
+    max_batch_size: int = 1
+    batch_wait_ms: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"user": dict(self.user), "max_batch_size": self.max_batch_size, "batch_wait_ms": self.batch_wait_ms}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ReplicaConfig:
+        return cls(**data)

@@ -1,0 +1,252 @@
+"""The typed settings of a conf.ini: `[MODEL SERVE]`, one spec per section, the whole file.
+
+Every conf.ini key is declared here once, as a field made by `keys.conf_key`: its parser,
+default, what a change does, an example and one line of help. config.py reads a file into
+these; the planner and the README check read the declarations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelserve import keys
+from modelserve.keys import IN_PLACE, LOCAL_START, NEXT_RUN, ROLL_OUT, SERVE_RESTART, conf_key, declared_keys
+
+PACKAGE_PREFIX = "algopkg."
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """The `[MODEL SERVE]` section: where and how the whole service runs."""
+
+    root: Path
+    port: int = conf_key(
+        "port",
+        keys.whole(1, 65535),
+        default="8000",
+        change=SERVE_RESTART,
+        example="8000",
+        help="HTTP port of the service",
+    )
+    host: str = conf_key(
+        "host",
+        keys.host,
+        default="127.0.0.1",
+        change=SERVE_RESTART,
+        example="0.0.0.0",
+        help="bind address; 0.0.0.0 only when other hosts must reach it",
+    )
+    address: str = conf_key(
+        "address",
+        keys.address,
+        default="auto",
+        change=NEXT_RUN,
+        example="head:6379",
+        help="Ray cluster: auto | local | http://head:8265 (dashboard) | head:6379 (GCS)",
+    )
+    model_zoo: Path = conf_key(
+        "model_zoo",
+        Path,
+        default="Model_ZOO",
+        change=ROLL_OUT,
+        example="/data/Model_ZOO",
+        help="directory of model files, the same path on every node",
+    )
+    dashboard_port: int = conf_key(
+        "dashboard_port",
+        keys.whole(1, 65535),
+        default="8265",
+        change=LOCAL_START,
+        example="8266",
+        help="dashboard port of the local cluster the controller starts",
+    )
+    local_cpus: int | None = conf_key(
+        "local_cpus",
+        keys.optional_whole(1, 4096),
+        default="auto",
+        change=LOCAL_START,
+        example="2",
+        help="CPUs of the local cluster the controller starts",
+    )
+    local_gpus: int | None = conf_key(
+        "local_gpus",
+        keys.optional_whole(0, 1024),
+        default="auto",
+        change=LOCAL_START,
+        example="1",
+        help="GPUs of the local cluster the controller starts",
+    )
+    deploy_timeout_s: float = conf_key(
+        "deploy_timeout_s",
+        keys.number(1, 86400),
+        default="300",
+        change=NEXT_RUN,
+        example="600",
+        help="how long `controller.py` waits for sections to be healthy",
+    )
+    ingress: str = conf_key(
+        "ingress",
+        keys.ingress,
+        default="fast",
+        change=LOCAL_START,
+        example="proxy",
+        help="fast = HAProxy ingress; proxy = Ray Serve's Python proxy",
+    )
+    access_log: bool = conf_key(
+        "access_log",
+        keys.on_off,
+        default="off",
+        change=IN_PLACE,
+        example="on",
+        help="on = a line per request in each replica's log (costs throughput)",
+    )
+
+
+@dataclass(frozen=True)
+class SectionSpec:
+    """One `[algopkg.<Package>[:variant]]` section: one Serve application."""
+
+    section: str
+    package: str
+    backend: str = conf_key(
+        "backend",
+        keys.text,
+        default=None,
+        change=ROLL_OUT,
+        example="Classifier",
+        help="class name in algopkg/<Package>/backend.py",
+    )
+    route: str = conf_key(
+        "route",
+        keys.route,
+        default=None,
+        change=ROLL_OUT,
+        example="extract",
+        help="HTTP path the section is served at",
+    )
+    model_files: tuple[str, ...] = conf_key(
+        "model",
+        keys.files,
+        default="",
+        change=ROLL_OUT,
+        example="model.npz",
+        help="model files in model_zoo, comma-separated, may be empty",
+    )
+    replicas: int = conf_key(
+        "replicas",
+        keys.whole(1, 1024),
+        default="1",
+        change=IN_PLACE,
+        example="4",
+        help="number of replicas",
+    )
+    gpu_cost: float = conf_key(
+        "gpu_cost",
+        keys.gpu_cost,
+        default="0",
+        change=ROLL_OUT,
+        example="0.25",
+        help="GPUs per replica; 0.25 packs four replicas on one GPU",
+    )
+    cpu_cost: float = conf_key(
+        "cpu_cost",
+        keys.number(0, 1024),
+        default="1",
+        change=ROLL_OUT,
+        example="2",
+        help="CPUs per replica",
+    )
+    methods: tuple[str, ...] = conf_key(
+        "method",
+        keys.methods,
+        default="GET",
+        change=ROLL_OUT,
+        example="POST",
+        help="GET, POST or GET,POST",
+    )
+    max_ongoing_requests: int = conf_key(
+        "max_ongoing_requests",
+        keys.whole(1, 100000),
+        default="32",
+        change=IN_PLACE,
+        example="64",
+        help="requests one replica works on at once",
+    )
+    max_replicas_per_node: int | None = conf_key(
+        "max_replicas_per_node",
+        keys.optional_whole(1, 1024),
+        default="",
+        change=ROLL_OUT,
+        example="1",
+        help="at most this many replicas on one node (spread)",
+    )
+    user_config: Mapping[str, Any] = conf_key(
+        "user_config",
+        keys.json_object,
+        default="",
+        change=IN_PLACE,
+        example='{"threshold": 0.5}',
+        help="JSON object passed to the backend's reconfigure()",
+    )
+    max_batch_size: int = conf_key(
+        "max_batch_size",
+        keys.whole(1, 4096),
+        default="32",
+        change=IN_PLACE,
+        example="8",
+        help="largest batch handed to infer_batch, when the backend has one",
+    )
+    batch_wait_ms: float = conf_key(
+        "batch_wait_ms",
+        keys.number(0, 60000),
+        default="5",
+        change=IN_PLACE,
+        example="2",
+        help="how long a batch may wait to fill, only while other requests are in flight",
+    )
+    warmup: str = conf_key(
+        "warmup",
+        keys.text,
+        default="",
+        change=ROLL_OUT,
+        example="warmup.json",
+        help="JSON file in the package with requests each replica runs before traffic",
+    )
+    env: str = conf_key(
+        "env",
+        keys.env,
+        default="",
+        change=ROLL_OUT,
+        example="pip",
+        help="the package's Python environment: empty, pip, or conda:NAME",
+    )
+
+    @property
+    def app_name(self) -> str:
+        """The Serve application name: the section name without `algopkg.`."""
+        return self.section[len(PACKAGE_PREFIX) :]
+
+
+#: `{conf.ini name: (field name, Key)}`, derived from the dataclasses above.
+SERVE_KEYS = declared_keys(ServeSettings)
+SECTION_KEYS = declared_keys(SectionSpec)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole conf.ini, validated."""
+
+    path: Path
+    serve: ServeSettings
+    sections: tuple[SectionSpec, ...]
+
+    @property
+    def algopkg_dir(self) -> Path:
+        return self.serve.root / "algopkg"
+
+    @property
+    def model_zoo(self) -> Path:
+        return self.serve.model_zoo

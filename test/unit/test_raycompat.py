@@ -1,0 +1,61 @@
+"""Everything modelserve takes from one Ray version still exists in the installed Ray.
+
+Ray ignores environment variables it does not know: without this test a renamed flag
+would silently cost throughput or make ports collide after an upgrade.
+"""
+
+import inspect
+import os
+import re
+from pathlib import Path
+
+import ray
+
+from modelserve import raycompat
+
+RAY_DIR = Path(os.path.dirname(ray.__file__))
+MODELSERVE = Path(raycompat.__file__).parent
+
+
+def test_the_installed_ray_is_the_series_we_target() -> None:
+    assert ray.__version__.startswith(raycompat.RAY_SERIES + "."), ray.__version__
+
+
+def test_every_serve_flag_we_set_is_read_by_ray() -> None:
+    constants = (RAY_DIR / "serve" / "_private" / "constants.py").read_text()
+    for flag in raycompat.SERVE_FLAGS:
+        assert f'"{flag}"' in constants, f"Ray no longer reads {flag}"
+
+
+def test_the_auth_variables_are_read_by_ray_s_core() -> None:
+    (raylet,) = RAY_DIR.glob("_raylet*.so")  # token auth is read in C++
+    core = raylet.read_bytes()
+    for name in (raycompat.AUTH_MODE, raycompat.AUTH_TOKEN, raycompat.AUTH_TOKEN_PATH):
+        assert name.encode() + b"\0" in core, name
+
+
+def test_the_private_helpers_we_call_exist_with_our_signature() -> None:
+    from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+    from ray._raylet import Config
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    upload = inspect.signature(ServeSubmissionClient._upload_package_if_needed).parameters
+    assert {"package_path", "include_gitignore", "include_parent_dir"} <= set(upload)
+    for method in ("deploy_applications", "get_serve_details", "delete_applications"):
+        assert callable(getattr(ServeSubmissionClient, method)), method
+    assert list(inspect.signature(get_auth_headers_if_auth_enabled).parameters) == ["user_headers"]
+    assert callable(Config.initialize)
+
+
+def test_the_deploy_schema_check_reports_what_ray_rejects() -> None:
+    assert raycompat.deploy_schema_problems({"applications": []}) == []
+    bad = {"applications": [{"name": "a", "import_path": "x", "route_prefix": "/a", "deployments": []}]}
+    (problem,) = raycompat.deploy_schema_problems(bad)
+    assert problem.startswith("applications.0.import_path: ") and "invalid import path" in problem
+
+
+def test_no_other_module_names_a_ray_flag_or_private_symbol() -> None:
+    pattern = re.compile(r"RAY_SERVE_\w+|ray\._\w+|_private\b|\._upload_package_if_needed|ServeSubmissionClient")
+    for path in sorted(MODELSERVE.glob("*.py")):
+        if path.name != "raycompat.py":
+            assert not pattern.findall(path.read_text()), f"{path.name}: {pattern.findall(path.read_text())}"
