@@ -156,6 +156,8 @@ class ModelReplica:
             raise ModelError(f"the model failed on this request: {type(exc).__name__}: {exc}") from exc
 
     async def _infer_batch(self, batch: list[dict[str, Any]], request_ids: list[str]) -> list[Any]:
+        """`serve.batch` finds `self` by looking the function up on it under its own name:
+        this is `_infer_batched` before decoration (see below)."""
         results = await self._run(self._backend.infer_batch, batch, ",".join(request_ids))
         if not isinstance(results, list) or len(results) != len(batch):
             size = len(results) if isinstance(results, list) else type(results).__name__
@@ -163,7 +165,9 @@ class ModelReplica:
         return results
 
     # Ray's `serve.batch` is untyped for methods; its wrapper adds set_max_batch_size and
-    # set_batch_wait_timeout_s, which reconfigure and the load-aware window use.
+    # set_batch_wait_timeout_s, which reconfigure and the load-aware window use. It must be
+    # stored under the function's own name, which is how Ray tells a method call from a function.
+    _infer_batch.__name__ = _infer_batch.__qualname__ = "_infer_batched"
     _infer_batched = cast(Any, serve.batch)(max_batch_size=1, batch_wait_timeout_s=0.0)(_infer_batch)
 
     def _error(self, exc: ModelServeError, request_id: str) -> Response:

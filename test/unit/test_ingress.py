@@ -4,10 +4,12 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from helpers import make_project
+from ray import serve
 from starlette.requests import Request
 
 from modelserve.ingress import ModelReplica, use_uploaded_package
@@ -95,3 +97,29 @@ def test_a_client_request_id_is_kept(replica: ModelReplica) -> None:
     req = request("POST", "/echo", b"{}")
     req.scope["headers"].append((b"x-request-id", b"abc"))
     assert answer(replica, req)[1]["request_id"] == "abc"
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = make_project(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(project))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in [m for m in sys.modules if m == "algopkg" or m.startswith("algopkg.")]:
+        monkeypatch.delitem(sys.modules, name)
+    # Outside a replica, Serve's batch queue asks for the replica's context once (to compare limits).
+    context = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=32))
+    monkeypatch.setattr(serve, "get_replica_context", lambda: context)
+    replica = ModelReplica(ReplicaArgs("algopkg.Batcher", "Batcher", "Batcher", str(project / "Model_ZOO")))
+
+    async def many() -> list[Any]:
+        replica.reconfigure(ReplicaConfig({}, 4, 20).to_json())
+        return list(
+            await asyncio.gather(
+                *(replica(request("GET", "/batch", f'{{"i": {i}}}'.encode(), "/batch")) for i in range(8))
+            )
+        )
+
+    answers = [json.loads(bytes(r.body)) for r in asyncio.run(many())]
+    assert [a["result"]["i"] for a in answers] == list(range(8))
+    assert max(a["result"]["batch_size"] for a in answers) > 1
