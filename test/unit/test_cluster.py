@@ -1,0 +1,81 @@
+"""cluster.py without Ray: finding the dashboard, the local head's record, stopping a session."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from modelserve import cluster
+from modelserve.node import free_port
+from modelserve.settings import ServeSettings
+
+
+def settings(**values: object) -> ServeSettings:
+    return ServeSettings(root=Path("."), **values)  # type: ignore[arg-type]
+
+
+def test_a_dashboard_url_is_used_as_given(tmp_path: Path) -> None:
+    assert cluster.resolve_dashboard(settings(address="http://head:8265/"), tmp_path, start=False) == "http://head:8265"
+
+
+def test_auto_follows_ray_address(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", "http://elsewhere:8265")
+    assert cluster.resolve_dashboard(settings(), tmp_path, start=False) == "http://elsewhere:8265"
+
+
+def test_local_without_a_cluster_is_none_unless_it_may_start_one(tmp_path: Path) -> None:
+    local = settings(address="local", dashboard_port=free_port())
+    assert cluster.resolve_dashboard(local, tmp_path, start=False) is None
+    with pytest.raises(AssertionError, match="must not start"):  # the unit tier forbids starting Ray
+        cluster.resolve_dashboard(local, tmp_path, start=True)
+
+
+def test_a_recorded_head_is_used_only_while_its_process_lives(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    record = {"pid": proc.pid, "dashboard_url": "http://127.0.0.1:1", "gcs_address": "x", "log_path": "y"}
+    (tmp_path / cluster.STATE_FILE).write_text(json.dumps(record))
+    try:
+        assert cluster.read_local_head(tmp_path) == cluster.LocalHead(**record)
+        assert cluster.resolve_dashboard(settings(address="local"), tmp_path, start=False) == "http://127.0.0.1:1"
+    finally:
+        assert cluster.stop_local_head(tmp_path)
+    assert proc.wait(timeout=10) is not None
+    assert cluster.read_local_head(tmp_path) is None and not (tmp_path / cluster.STATE_FILE).exists()
+    (tmp_path / cluster.STATE_FILE).write_text("{not json")
+    assert cluster.read_local_head(tmp_path) is None
+
+
+def test_stop_session_stops_every_process_of_the_session_and_nothing_else() -> None:
+    """A leader that started a child in its session; the child ignores SIGTERM and is killed."""
+    child = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+    spawn = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(120)"
+    leader = subprocess.Popen([sys.executable, "-c", spawn], start_new_session=True)
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(cluster.session_members(leader.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        members = cluster.session_members(leader.pid)
+        assert len(members) == 2 and leader.pid in members
+        cluster.stop_session(leader.pid, grace_s=1)
+        assert cluster.session_members(leader.pid) == []
+        assert bystander.poll() is None
+    finally:
+        leader.wait(timeout=5)
+        bystander.kill()
+        bystander.wait()
+
+
+def test_the_token_is_used_when_one_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "absent"))
+    assert cluster.use_token_if_available() is False and "RAY_AUTH_MODE" not in os.environ
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "abc")
+    assert cluster.use_token_if_available() is True and os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert cluster.use_token_if_available() is False
