@@ -61,6 +61,10 @@ def has_batch_method(backend: Backend) -> bool:
     return type(backend).infer_batch is not Backend.infer_batch
 
 
+def has_infer_method(backend: Backend) -> bool:
+    return type(backend).infer is not Backend.infer
+
+
 class _LegacyBackend(Backend):
     """Runs a class written for the original runtime, unchanged.
 

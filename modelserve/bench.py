@@ -22,6 +22,7 @@ class Tally:
     non_2xx: int = 0
     errors: int = 0
     first_error: str = ""
+    started: int = 0  # requests sent or being sent: `-n N` sends exactly N
 
     @property
     def count(self) -> int:
@@ -76,6 +77,7 @@ async def _worker(session: Any, method: str, url: str, body: bytes, tally: Tally
 
     headers = {"Content-Type": "application/json"}
     while not stop():
+        tally.started += 1
         start = time.perf_counter()
         try:
             async with session.request(method, url, data=body, headers=headers) as response:
@@ -100,7 +102,7 @@ async def _run(
     deadline = start + duration_s
 
     def stop() -> bool:
-        return time.perf_counter() >= deadline or (max_requests is not None and tally.count >= max_requests)
+        return time.perf_counter() >= deadline or (max_requests is not None and tally.started >= max_requests)
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=60)

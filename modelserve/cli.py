@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,12 +18,18 @@ from modelserve import bench, plan, status
 from modelserve.cluster import Cluster, ClusterError, resolve_dashboard, stop_local_head
 from modelserve.config import ConfigError, load_config
 from modelserve.packaging import files_digest, read_requirements, staged_package, staged_runtime
-from modelserve.settings import Config
+from modelserve.settings import PACKAGE_PREFIX, Config
 from modelserve.warmup import read_warmup
 
 EXIT_UNHEALTHY = 1
 EXIT_CONFIG = 2
 EXIT_CLUSTER = 3
+
+
+class UsageError(Exception):
+    """A command line that cannot be carried out; the message says what to give instead (exit 2)."""
+
+
 #: What the controller remembers of its last apply, so `status` and `down` work without a valid conf.ini.
 LAST_APPLY = "last_apply.json"
 
@@ -184,24 +192,65 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    dashboard, _, _ = _target(args)
+    if dashboard is None:
+        print("no Ray cluster is running; `python controller.py` starts one", file=sys.stderr)
+        return EXIT_CLUSTER
+    cluster = Cluster(dashboard)
+    apps = cluster.details().get("applications") or {}
+    name = args.section.removeprefix(PACKAGE_PREFIX).strip("[]").removeprefix(PACKAGE_PREFIX)
+    if name not in apps:
+        known = ", ".join(f"{PACKAGE_PREFIX}{a}" for a in sorted(apps)) or "none"
+        raise UsageError(f"logs: no section {args.section!r} runs on the cluster (running: {known})")
+    replicas = [r for d in (apps[name].get("deployments") or {}).values() for r in d.get("replicas") or []]
+    replicas = [r for r in replicas if r.get("log_file_path") and r.get("node_id")]
+    if not replicas:
+        print(f"{PACKAGE_PREFIX}{name} has no replica yet", file=sys.stderr)
+        return EXIT_UNHEALTHY
+
+    def show(replica: dict[str, Any], prefix: str) -> None:
+        for line in cluster.log_lines(replica["node_id"], replica["log_file_path"], args.tail, args.follow):
+            print(f"{prefix}{line}", flush=args.follow)
+
+    if not args.follow:
+        for replica in replicas:
+            print(
+                f"==> replica {replica.get('replica_id')} on {replica.get('node_ip')}: {replica['log_file_path']} <=="
+            )
+            show(replica, "")
+        return 0
+    threads = [
+        threading.Thread(target=show, args=(r, f"[{r.get('replica_id')}] " if len(replicas) > 1 else ""), daemon=True)
+        for r in replicas
+    ]
+    for thread in threads:
+        thread.start()
+    with contextlib.suppress(KeyboardInterrupt):
+        while any(t.is_alive() for t in threads):
+            time.sleep(0.2)
+    return 0
+
+
 def _bench_params(config: Config, args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
     """URL, method and body for `bench`: from the ROUTE's section unless given."""
     route = (args.route or "").strip("/")
     spec = next((s for s in config.sections if s.route == route), None)
     if spec is None and not args.url:
         known = ", ".join(s.route for s in config.sections) or "none"
-        raise ConfigError(config.path, [f"bench: no section serves route {route!r} (routes: {known}); or give --url"])
+        raise UsageError(f"bench: no section serves route {route!r} (routes: {known}); name one, or give --url")
     host = "127.0.0.1" if config.serve.host in ("0.0.0.0", "::") else config.serve.host
     url = args.url or f"http://{host}:{config.serve.port}/{route}"
     method = "POST" if spec is None or "POST" in spec.methods else "GET"
     if args.body:
-        params = json.loads(Path(args.body).read_text())
+        try:
+            params = json.loads(Path(args.body).read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"bench: --body {args.body}: cannot read it as JSON ({exc})") from None
     elif spec is not None and spec.warmup:
         params = read_warmup(config.algopkg_dir / spec.package / spec.warmup)[0]
     else:
-        raise ConfigError(
-            config.path, [f"bench: [{spec.section if spec else route}] has no warmup sample; give --body FILE"]
-        )
+        raise UsageError(f"bench: [{spec.section if spec else route}] has no warmup sample; give --body FILE")
     return url, method, params
 
 
@@ -222,7 +271,7 @@ def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="controller.py", description="Serve algorithm packages as conf.ini says.")
     main.add_argument("-c", "--config", default="conf.ini", help=config_help)
     main.set_defaults(func=cmd_apply, command="apply")
-    sub = main.add_subparsers(metavar="{apply,check,status,down,bench}")
+    sub = main.add_subparsers(metavar="{apply,check,status,down,logs,bench}")
 
     def command(name: str, func: Callable[[argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text)
@@ -235,6 +284,10 @@ def parser() -> argparse.ArgumentParser:
     command("status", cmd_status, "show what runs now (works from the last apply if conf.ini is broken)")
     down = command("down", cmd_down, "remove every deployed section (works from the last apply if conf.ini is broken)")
     down.add_argument("--stop-cluster", action="store_true", help="also stop the local cluster we started")
+    logs = command("logs", cmd_logs, "print a section's replica logs, from any node (works from the last apply)")
+    logs.add_argument("section", help="a section of conf.ini, e.g. algopkg.AlgoExample (or AlgoExample)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C stops)")
+    logs.add_argument("-n", "--tail", type=int, default=100, help="lines from the end of each log (default 100)")
     bench_cmd = command("bench", cmd_bench, "load one route and print RPS and latency percentiles")
     bench_cmd.add_argument("route", nargs="?", help="a route of conf.ini, e.g. extract")
     bench_cmd.add_argument("--url", help="load this URL instead of the route's local one")
@@ -251,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
         sys.stdout.flush()
         return code
-    except ConfigError as exc:
+    except (ConfigError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except ClusterError as exc:

@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -233,3 +233,18 @@ class Cluster:
 
     def delete_all(self) -> None:
         self._client.delete_applications()
+
+    def log_lines(self, node_id: str, filename: str, tail: int, follow: bool) -> Iterator[str]:
+        """Lines of a log file on any node of the cluster, through the dashboard's log API."""
+        query = {"node_id": node_id, "filename": filename.lstrip("/"), "lines": str(tail)}
+        url = f"{self.dashboard_url}{raycompat.LOG_API_PATH}/{'stream' if follow else 'file'}"
+        try:
+            with requests.get(
+                url, params=query, headers=raycompat.auth_headers(), stream=True, timeout=(5, None if follow else 30)
+            ) as reply:
+                if reply.status_code != 200:
+                    raise ClusterError(f"cannot read {filename} on node {node_id[:8]}: {reply.text[:300]}")
+                for line in reply.iter_lines():
+                    yield line.decode(errors="replace")
+        except requests.RequestException as exc:
+            raise ClusterError(f"cannot read {filename} from {self.dashboard_url}: {exc}") from exc

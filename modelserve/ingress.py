@@ -22,8 +22,8 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelserve import envelope
-from modelserve.backend import Backend, create_backend, has_batch_method
+from modelserve import envelope, raycompat
+from modelserve.backend import Backend, create_backend, has_batch_method, has_infer_method
 from modelserve.errors import MethodNotAllowed, ModelError, ModelLoadError, ModelServeError, NotFound
 from modelserve.replica_spec import ReplicaArgs, ReplicaConfig
 from modelserve.warmup import WarmupError, read_warmup
@@ -63,11 +63,13 @@ class ModelReplica:
     """One replica of one conf.ini section (a Ray Serve deployment class)."""
 
     def __init__(self, spec: ReplicaArgs) -> None:
+        raycompat.mend_redirected_print()
         self._methods = spec.methods
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         cls = load_backend_class(spec.package, spec.backend)
         self._backend: Backend = create_backend(cls, spec.model_zoo, list(spec.model_files))
         self._batched = has_batch_method(self._backend)
+        self._has_infer = has_infer_method(self._backend)
         self._max_batch_size = 1
         self._batch_wait_s = 0.0
         self._in_flight = 0
@@ -125,7 +127,8 @@ class ModelReplica:
         if sub == "/ping":
             return "pong"
         if sub:
-            raise NotFound(f"no such path {path!r}; POST or GET params to {root or '/'}, or GET {root}/ping")
+            verbs = " or ".join(self._methods)
+            raise NotFound(f"no such path {path!r}; {verbs} params to {root or '/'}, or GET {root}/ping")
         if request.method not in self._methods:
             raise MethodNotAllowed(request.method, self._methods)
         params = envelope.parse_params(await request.body(), request.query_params)
@@ -140,9 +143,15 @@ class ModelReplica:
         try:
             wait_s = self._batch_wait_s if self._in_flight > 1 else 0.0
             self._infer_batched.set_batch_wait_timeout_s(wait_s)
-            return await self._infer_batched(params, request_id)
+            result = await self._infer_batched(params, request_id)
         finally:
             self._in_flight -= 1
+        if isinstance(result, ModelServeError):
+            raise result
+        if isinstance(result, Exception):
+            logger.error("request %s: the backend failed this item", request_id, exc_info=result)
+            raise ModelError(f"the model failed on this request: {type(result).__name__}: {result}")
+        return result
 
     async def _run(self, fn: Callable[[Any], Any], arg: Any, request_id: str) -> Any:
         """Run model code on the replica's one model thread, so the event loop stays free."""
@@ -156,13 +165,30 @@ class ModelReplica:
             raise ModelError(f"the model failed on this request: {type(exc).__name__}: {exc}") from exc
 
     async def _infer_batch(self, batch: list[dict[str, Any]], request_ids: list[str]) -> list[Any]:
-        """`serve.batch` finds `self` by looking the function up on it under its own name:
-        this is `_infer_batched` before decoration (see below)."""
-        results = await self._run(self._backend.infer_batch, batch, ",".join(request_ids))
+        """One result per request, in order; an exception instance fails only its own request.
+
+        `serve.batch` finds `self` by looking the function up on it under its own name: this
+        is `_infer_batched` before decoration (see below)."""
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._pool, self._backend.infer_batch, batch)
+        except Exception as exc:
+            if len(batch) == 1 and not self._has_infer:
+                return [exc]
+            # One bad item must not fail its neighbours: each request is answered on its own.
+            logger.warning("requests %s: infer_batch raised %r; answering them one by one", request_ids, exc)
+            return [await loop.run_in_executor(self._pool, self._one, params) for params in batch]
         if not isinstance(results, list) or len(results) != len(batch):
             size = len(results) if isinstance(results, list) else type(results).__name__
             raise ModelError(f"infer_batch returned {size} results for a batch of {len(batch)}; return one per request")
         return results
+
+    def _one(self, params: dict[str, Any]) -> Any:
+        """A request's result, or the exception that fails it (through `infer` where defined)."""
+        try:
+            return self._backend.infer(params) if self._has_infer else self._backend.infer_batch([params])[0]
+        except Exception as exc:
+            return exc
 
     # Ray's `serve.batch` is untyped for methods; its wrapper adds set_max_batch_size and
     # set_batch_wait_timeout_s, which reconfigure and the load-aware window use. It must be

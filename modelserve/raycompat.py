@@ -9,6 +9,7 @@ checks every name here against the installed Ray: upgrading Ray is this file plu
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,6 +76,11 @@ def draining_env(seconds: int) -> dict[str, str]:
     return {DIRECT_INGRESS_MIN_DRAINING_PERIOD_S: str(seconds), PROXY_MIN_DRAINING_PERIOD_S: str(seconds)}
 
 
+#: The dashboard's log endpoint (what `ray logs` and `ray.util.state.get_log` call):
+#: `/file` returns a node's log file, `/stream` follows it. Query: node_id, filename, lines.
+LOG_API_PATH = "/api/v0/logs"
+
+
 def refresh_auth_mode() -> None:
     """Ray caches the auth mode it read at import; make it read `RAY_AUTH_MODE` again."""
     from ray._raylet import Config  # type: ignore[attr-defined]
@@ -114,3 +120,30 @@ def deploy_schema_problems(config: Mapping[str, Any]) -> list[str]:
     except ValidationError as exc:
         return [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
     return []
+
+
+def mend_redirected_print() -> bool:
+    """Ray 2.60's replica `print` (installed with RAY_SERVE_LOG_TO_STDERR=0) passes its arguments
+    as one tuple when given a file. `logging` prints tracebacks that way, so every traceback in
+    a replica log read `('Traceback ...\\n',)('  File ...`. Print to files as Python does; the
+    rest goes to the replica log as Ray's does. Returns whether Ray's print was replaced."""
+    import builtins
+
+    from ray.serve._private import logging_utils
+
+    if builtins.print is not logging_utils.redirected_print:
+        return False
+    to_file = logging_utils.buildin_print
+    serve_logger = logging.getLogger("ray.serve")
+
+    def mended(
+        *objects: Any, sep: str | None = " ", end: str | None = "\n", file: Any = None, flush: bool = False
+    ) -> None:
+        if file is None or file is sys.stdout or file is sys.stderr:
+            text = (" " if sep is None else sep).join(map(str, objects)) + ("\n" if end is None else end)
+            serve_logger.log(logging.INFO, text, stacklevel=2)
+        else:
+            to_file(*objects, sep=sep, end=end, file=file, flush=flush)
+
+    builtins.print = mended
+    return True

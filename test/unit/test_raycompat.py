@@ -9,6 +9,7 @@ import os
 import re
 from pathlib import Path
 
+import pytest
 import ray
 
 from modelserve import raycompat
@@ -59,3 +60,34 @@ def test_no_other_module_names_a_ray_flag_or_private_symbol() -> None:
     for path in sorted(MODELSERVE.glob("*.py")):
         if path.name != "raycompat.py":
             assert not pattern.findall(path.read_text()), f"{path.name}: {pattern.findall(path.read_text())}"
+
+
+def test_ray_s_replica_print_still_garbles_printing_to_a_file() -> None:
+    """When this fails, Ray fixed its print: drop `mend_redirected_print`."""
+    import io
+
+    from ray.serve._private import logging_utils
+
+    out = io.StringIO()
+    logging_utils.redirected_print("a", "b", file=out)
+    assert out.getvalue() == "('a', 'b')\n"
+
+
+def test_the_mended_print_writes_tracebacks_as_python_prints_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+    import io
+    import logging
+    import sys
+
+    from ray.serve._private import logging_utils
+
+    monkeypatch.setattr(builtins, "print", logging_utils.redirected_print)
+    assert raycompat.mend_redirected_print() and not raycompat.mend_redirected_print()
+    out = io.StringIO()
+    print("a", "b", file=out)
+    assert out.getvalue() == "a b\n"
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        text = logging.Formatter().formatException(sys.exc_info())
+    assert text.startswith("Traceback (most recent call last):\n  File ") and text.endswith("ValueError: boom")
