@@ -15,9 +15,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 from modelserve import bench, plan, status
+from modelserve.apply import ERRORS_FILE, apply, validated, wait, warn_about_http_options
 from modelserve.cluster import Cluster, ClusterError, resolve_dashboard, stop_local_head
 from modelserve.config import ConfigError, load_config
-from modelserve.packaging import files_digest, read_requirements, staged_package, staged_runtime
+from modelserve.fit import ClusterResources, fit_problems
 from modelserve.settings import PACKAGE_PREFIX, Config
 from modelserve.warmup import read_warmup
 
@@ -45,62 +46,10 @@ def _base_url(config: Config, dashboard_url: str) -> str:
     return f"http://{host}:{config.serve.port}"
 
 
-def _artifacts(config: Config, cluster: Cluster) -> plan.Artifacts:
-    uris = {}
-    for package in sorted({s.package for s in config.sections}):
-        with staged_package(config.algopkg_dir, package) as staged:
-            uris[package] = cluster.upload(staged)
-    with staged_runtime() as runtime:
-        runtime_uri = cluster.upload(runtime)
-    digests = {s.section: files_digest(config.model_zoo / f for f in s.model_files) for s in config.sections}
-    requirements = {
-        s.package: read_requirements(config.algopkg_dir / s.package / "requirements.txt")
-        for s in config.sections
-        if s.env == "pip"
-    }
-    return plan.Artifacts(uris, digests, requirements, runtime_uri)
-
-
-def _validated(config: Config, desired: dict[str, Any]) -> dict[str, Any]:
-    """`desired`, once Ray's own schema accepts it (checked here, before the cluster sees it)."""
-    problems = plan.schema_problems(desired)
-    if problems:
-        raise ConfigError(config.path, problems)
-    return desired
-
-
-def _running_configs(details: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    apps = details.get("applications") or {}
-    return {name: app.get("deployed_app_config") or {} for name, app in apps.items()}
-
-
-def _check_http_options(config: Config, details: dict[str, Any]) -> None:
-    running = details.get("http_options") or {}
-    if details.get("applications") and running.get("port") not in (None, config.serve.port):
-        print(
-            f"warning: Serve on this cluster already listens on port {running['port']}; "
-            f"[MODEL SERVE] port = {config.serve.port} takes effect once Serve restarts there "
-            "(for the local cluster: `controller.py down --stop-cluster`, then apply)",
-            file=sys.stderr,
-        )
-
-
-def _wait(cluster: Cluster, apps: list[str], gone: list[str], timeout_s: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    time.sleep(0.5)
-    while True:
-        details = cluster.details()
-        running = details.get("applications") or {}
-        leaving = [g for g in gone if g in running and running[g].get("status") != "DELETING"]
-        done = all(status.settled(running.get(a)) for a in apps) and not leaving
-        if done or time.monotonic() > deadline:
-            return details
-        time.sleep(0.5)
-
-
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    _validated(config, plan.deploy_config(config, plan.Artifacts.placeholder(config)))
+    validated(config, plan.deploy_config(config, plan.Artifacts.placeholder(config)))
+    _warn_if_it_cannot_fit_a_local_cluster(config)
     routes = ", ".join(f"/{s.route}" for s in config.sections) or "no sections"
     print(f"{config.path}: OK ({len(config.sections)} section(s): {routes})")
     return 0
@@ -108,32 +57,42 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    _validated(config, plan.deploy_config(config, plan.Artifacts.placeholder(config)))
+    validated(config, plan.deploy_config(config, plan.Artifacts.placeholder(config)))
     state_dir = _state_dir(args.config)
     dashboard = resolve_dashboard(config.serve, state_dir, start=True)
     assert dashboard is not None
     cluster = Cluster(dashboard)
     before = cluster.details()
-    _check_http_options(config, before)
-    desired = _validated(config, plan.deploy_config(config, _artifacts(config, cluster)))
-    changes = plan.diff(desired, _running_configs(before))
-    for change in changes:
-        print(f"{change.action:>16}  {change.app}")
-    cluster.apply(desired)
+    warn_about_http_options(config, before)
     base_url = _base_url(config, dashboard)
     _remember(state_dir, dashboard, base_url)
-    names = [s.app_name for s in config.sections]
-    gone = [c.app for c in changes if c.action == "remove"]
-    details = _wait(cluster, names, gone, config.serve.deploy_timeout_s)
-    return _report(status.rows(details, base_url, names))
+    outcome = apply(config, cluster, before, state_dir)
+    code = _report(status.rows(outcome.details, base_url, [s.app_name for s in config.sections]))
+    for name, row in outcome.failed.items():
+        what = "rolled back to its last good configuration" if name in outcome.rolled_back else "left as it is"
+        why = status.cause(row.message) if row.message else f"not healthy within {config.serve.deploy_timeout_s:g} s"
+        print(f"[{row.section}] was {row.status}, {what}: {why}", file=sys.stderr)
+    if outcome.failed:
+        print(f"(full errors: {state_dir / ERRORS_FILE}; replica logs: `controller.py logs SECTION`)", file=sys.stderr)
+    return EXIT_UNHEALTHY if outcome.failed else code
 
 
-def _report(rows: list[status.Row]) -> int:
-    print(status.table(rows))
+def _report(rows: list[status.Row], details: bool = False) -> int:
+    """Print the table; with `details`, the cluster's message of each unhealthy section too."""
+    print(status.table(rows), flush=True)
     failed = [r for r in rows if not r.healthy]
-    for row in failed:
+    for row in failed if details else []:
         print(f"\n[{row.section}] is {row.status}:\n{row.message or '(no message from the cluster)'}", file=sys.stderr)
     return EXIT_UNHEALTHY if failed else 0
+
+
+def _warn_if_it_cannot_fit_a_local_cluster(config: Config) -> None:
+    if config.serve.address not in ("auto", "local"):
+        return
+    cpus = config.serve.local_cpus or os.cpu_count() or 1
+    local = ClusterResources([{"CPU": float(cpus), "GPU": float(config.serve.local_gpus or 0)}], {}, {})
+    for problem in fit_problems(config.sections, local):
+        print(f"warning: on a local cluster of {cpus} CPU(s): {problem}", file=sys.stderr)
 
 
 def _remember(state_dir: Path, dashboard_url: str, base_url: str) -> None:
@@ -169,7 +128,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if dashboard is None:
         print("no Ray cluster is running; `python controller.py` starts one", file=sys.stderr)
         return EXIT_CLUSTER
-    return _report(status.rows(Cluster(dashboard).details(), base_url))
+    return _report(status.rows(Cluster(dashboard).details(), base_url), details=True)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -185,7 +144,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     cluster = Cluster(dashboard)
     apps = list(cluster.details().get("applications") or {})
     cluster.apply({"applications": []})
-    _wait(cluster, [], apps, timeout_s)
+    wait(cluster, [], apps, timeout_s)
     print(f"removed {len(apps)} section(s) from {dashboard}")
     if args.stop_cluster:
         print("the cluster was not started by this controller; it keeps running")

@@ -25,6 +25,7 @@ import psutil
 import requests
 
 from modelserve import raycompat
+from modelserve.fit import ClusterResources
 from modelserve.node import NodeSpec, ensure_token, free_port, has_token, node_env, ray_start_command
 from modelserve.settings import ServeSettings
 
@@ -233,6 +234,30 @@ class Cluster:
 
     def delete_all(self) -> None:
         self._client.delete_applications()
+
+    def _get_json(self, path: str) -> Any:
+        try:
+            reply = requests.get(f"{self.dashboard_url}{path}", headers=raycompat.auth_headers(), timeout=30)
+            reply.raise_for_status()
+            return reply.json()["data"]
+        except (requests.RequestException, ValueError, KeyError) as exc:
+            raise ClusterError(f"cannot read {path} from {self.dashboard_url}: {exc}") from exc
+
+    def resources(self, details: Mapping[str, Any]) -> ClusterResources:
+        """Each alive node's totals, what is in use, and what our running sections hold."""
+        nodes = self._get_json(f"{raycompat.NODES_API_PATH}?detail=1&limit=10000")["result"]["result"]
+        usage = self._get_json(raycompat.CLUSTER_STATUS_PATH)["clusterStatus"]["loadMetricsReport"]["usage"]
+        ours: dict[str, float] = {}
+        for app in (details.get("applications") or {}).values():
+            for deployment in (app.get("deployments") or {}).values():
+                held = [r for r in deployment.get("replicas") or [] if r.get("state") != "STOPPING"]
+                for kind, amount in (deployment.get("required_resources") or {}).items():
+                    ours[kind] = ours.get(kind, 0.0) + float(amount) * len(held)
+        return ClusterResources(
+            nodes=[n.get("resources_total") or {} for n in nodes if n.get("state") == "ALIVE"],
+            used={kind: float(pair[0]) for kind, pair in usage.items()},
+            ours=ours,
+        )
 
     def log_lines(self, node_id: str, filename: str, tail: int, follow: bool) -> Iterator[str]:
         """Lines of a log file on any node of the cluster, through the dashboard's log API."""

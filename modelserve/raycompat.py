@@ -79,6 +79,10 @@ def draining_env(seconds: int) -> dict[str, str]:
 #: The dashboard's log endpoint (what `ray logs` and `ray.util.state.get_log` call):
 #: `/file` returns a node's log file, `/stream` follows it. Query: node_id, filename, lines.
 LOG_API_PATH = "/api/v0/logs"
+#: The State API's node list (`ray list nodes`): each alive node's `resources_total`.
+NODES_API_PATH = "/api/v0/nodes"
+#: The dashboard's cluster status: `loadMetricsReport.usage` is `{resource: [used, total]}`.
+CLUSTER_STATUS_PATH = "/api/cluster_status"
 
 
 def refresh_auth_mode() -> None:

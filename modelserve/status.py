@@ -9,7 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 HEALTHY = "HEALTHY"
+PACKAGE = "algopkg."
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: The line of a Python traceback that names the exception: `ValueError: ...`, `pkg.mod.SomeError: ...`.
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)\b:? ?.*$")
 _FAILED_APP = {"DEPLOY_FAILED", "UNHEALTHY"}
 _SETTLED_DEPLOYMENT = {"HEALTHY", "UNHEALTHY", "DEPLOY_FAILED"}
 
@@ -48,7 +51,7 @@ def node_labels(replicas: list[Mapping[str, Any]]) -> tuple[str, ...]:
 def app_row(name: str, app: Mapping[str, Any], base_url: str) -> Row:
     """One row for one Serve application (one conf.ini section)."""
     config = app.get("deployed_app_config") or {}
-    section = (config.get("args") or {}).get("section") or f"algopkg.{name}"
+    section = (config.get("args") or {}).get("section") or f"{PACKAGE}{name}"
     deployment = _deployment(app)
     replicas = deployment.get("replicas") or []
     running = [r for r in replicas if r.get("state") == "RUNNING"]
@@ -60,7 +63,7 @@ def app_row(name: str, app: Mapping[str, Any], base_url: str) -> Row:
         status = dep_status if dep_status in ("UNHEALTHY", "DEPLOY_FAILED") else app_status
     else:
         status = app_status if app_status != "RUNNING" else dep_status or app_status
-    message = _ANSI.sub("", deployment.get("message") or app.get("message") or "")
+    message = app_message(app)
     route = app.get("route_prefix") or config.get("route_prefix") or ""
     nodes = node_labels(running)
     return Row(
@@ -81,10 +84,28 @@ def rows(details: Mapping[str, Any], base_url: str, only: Iterable[str] | None =
     for name in names:
         app = apps.get(name)
         if app is None:
-            result.append(Row(section=f"algopkg.{name}", url="", ready=0, target=0, status="MISSING"))
+            result.append(Row(section=f"{PACKAGE}{name}", url="", ready=0, target=0, status="MISSING"))
         else:
             result.append(app_row(name, app, base_url))
     return result
+
+
+def app_healthy(app: Mapping[str, Any] | None) -> bool:
+    return app is not None and app_row("", app, "").healthy
+
+
+def app_message(app: Mapping[str, Any]) -> str:
+    """The cluster's message about an app (its deployment's first), without colour codes."""
+    return _ANSI.sub("", _deployment(app).get("message") or app.get("message") or "")
+
+
+def cause(message: str) -> str:
+    """One line for a failure: the last exception a traceback names (the backend's own error),
+    without Ray's wrapping; else the message's first line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    named = [line for line in lines if _EXCEPTION_LINE.match(line) and not line.startswith("ray.")]
+    line = named[-1] if named else (lines[0] if lines else "no message from the cluster")
+    return re.sub(r"^(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_]\w*:)", "", line)
 
 
 def settled(app: Mapping[str, Any] | None) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -16,6 +16,10 @@ class FakeDashboard:
         self.details: dict[str, Any] = {"applications": {}, "http_options": {}}
         self.deployed: list[dict[str, Any]] = []
         self.url = ""
+        self.nodes: list[dict[str, float]] = [{"CPU": 4.0, "GPU": 0.0}]
+        self.used: dict[str, float] = {"CPU": 0.0}
+        #: Called with each deployed config; may change `details` as the cluster would.
+        self.on_deploy: Callable[[dict[str, Any]], None] = lambda config: None
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
@@ -35,6 +39,12 @@ class FakeDashboard:
             def do_GET(self) -> None:  # noqa: N802
                 if self.path in ("/api/version", "/api/ray/version"):
                     self._json({"ray_version": "2.60.0", "version": "4"})
+                elif self.path.startswith("/api/v0/nodes"):
+                    nodes = [{"state": "ALIVE", "resources_total": n} for n in fake.nodes]
+                    self._json({"data": {"result": {"result": nodes}}})
+                elif self.path.startswith("/api/cluster_status"):
+                    usage = {kind: [used, 0.0] for kind, used in fake.used.items()}
+                    self._json({"data": {"clusterStatus": {"loadMetricsReport": {"usage": usage}}}})
                 elif self.path.startswith("/api/packages/"):
                     self._json({})  # every upload is there already
                 elif self.path.startswith("/api/serve/applications"):
@@ -45,6 +55,7 @@ class FakeDashboard:
             def do_PUT(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length", 0))
                 fake.deployed.append(json.loads(self.rfile.read(length)))
+                fake.on_deploy(fake.deployed[-1])
                 self._json({})
 
         return Handler

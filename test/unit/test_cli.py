@@ -85,7 +85,8 @@ def test_apply_stops_waiting_at_the_deploy_timeout(fake, tmp_path: Path, capsys:
     assert main(["-c", str(conf)]) == 1
     assert 2 <= time.monotonic() - began < 10
     captured = capsys.readouterr()
-    assert "DEPLOYING" in captured.out and "[algopkg.Echo] is DEPLOYING" in captured.err
+    assert "DEPLOYING" in captured.out
+    assert "[algopkg.Echo] was DEPLOYING, left as it is: not healthy within 2 s" in captured.err
 
 
 def test_apply_warns_when_serve_listens_on_another_port(
@@ -128,3 +129,49 @@ def test_a_broken_conf_ini_without_a_last_apply_exits_2(tmp_path: Path, capsys: 
 def test_check_validates_the_plan_with_ray_s_schema(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conf = write_conf(make_project(tmp_path), {}, ECHO)
     assert main(["check", "-c", str(conf)]) == 0
+
+
+def test_a_plan_that_cannot_fit_fails_at_once_and_changes_nothing(
+    fake, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.nodes = [{"CPU": 2.0}]
+    conf = write_conf(make_project(tmp_path), {"address": fake.url}, ECHO + "gpu_cost = 1\n")
+    assert main(["-c", str(conf)]) == 2
+    err = capsys.readouterr().err
+    assert "[algopkg.Echo] gpu_cost = 1: each replica needs 1 GPU, and no node of the cluster has more than 0" in err
+    assert "nothing was changed" in err and fake.deployed == []
+
+
+def test_a_section_that_fails_its_update_gets_its_last_good_configuration_back(
+    fake, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = healthy(replicas=2)
+    good["deployed_app_config"] = {"name": "Echo", "route_prefix": "/echo", "args": {"section": "algopkg.Echo"}}
+    fake.details["applications"] = {"Echo": good}
+    traceback = (
+        'Traceback (most recent call last):\n  File "backend.py", line 9, in reconfigure\n'
+        "ValueError: lowercase must be true or false, not 'yes'"
+    )
+
+    def cluster(config: dict) -> None:
+        (app,) = config["applications"]
+        if app == good["deployed_app_config"]:
+            fake.details["applications"] = {"Echo": good}
+        else:
+            failed = healthy(replicas=1)
+            failed["status"], failed["deployments"]["Echo"]["status"] = "DEPLOY_FAILED", "DEPLOY_FAILED"
+            failed["deployments"]["Echo"]["message"] = traceback
+            fake.details["applications"] = {"Echo": failed}
+
+    fake.on_deploy = cluster
+    conf = write_conf(make_project(tmp_path), {"address": fake.url}, ECHO + 'user_config = {"lowercase": "yes"}\n')
+    assert main(["-c", str(conf)]) == 1
+    captured = capsys.readouterr()
+    assert [len(fake.deployed), fake.deployed[-1]["applications"]] == [2, [good["deployed_app_config"]]]
+    assert re.search(r"algopkg.Echo\s+\S+\s+2/2\s+HEALTHY", captured.out), captured.out
+    assert (
+        "[algopkg.Echo] was DEPLOY_FAILED, rolled back to its last good configuration: "
+        "ValueError: lowercase must be true or false, not 'yes'"
+    ) in captured.err
+    assert "Traceback" not in captured.err
+    assert traceback in (tmp_path / ".modelserve" / "last_errors.log").read_text()

@@ -1,0 +1,128 @@
+"""One apply: validate, check the plan fits, upload, send, wait, and roll back what failed.
+
+A failed apply never leaves the cluster worse than before: a section that was running and
+fails to take its new configuration (a model that will not load, a `user_config` the backend
+rejects, replicas that never become healthy) gets its last good configuration back at once.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelserve import plan, status
+from modelserve.cluster import Cluster
+from modelserve.config import ConfigError
+from modelserve.fit import fit_problems
+from modelserve.packaging import files_digest, read_requirements, staged_package, staged_runtime
+from modelserve.settings import Config
+
+#: The full error of each section that failed in the last apply (the table shows one line each).
+ERRORS_FILE = "last_errors.log"
+
+
+@dataclass
+class Outcome:
+    details: dict[str, Any]
+    failed: dict[str, status.Row] = field(default_factory=dict)  # app -> its row, with the cluster's message
+    rolled_back: list[str] = field(default_factory=list)
+
+
+def upload_artifacts(config: Config, cluster: Cluster) -> plan.Artifacts:
+    uris = {}
+    for package in sorted({s.package for s in config.sections}):
+        with staged_package(config.algopkg_dir, package) as staged:
+            uris[package] = cluster.upload(staged)
+    with staged_runtime() as runtime:
+        runtime_uri = cluster.upload(runtime)
+    digests = {s.section: files_digest(config.model_zoo / f for f in s.model_files) for s in config.sections}
+    requirements = {
+        s.package: read_requirements(config.algopkg_dir / s.package / "requirements.txt")
+        for s in config.sections
+        if s.env == "pip"
+    }
+    return plan.Artifacts(uris, digests, requirements, runtime_uri)
+
+
+def validated(config: Config, desired: dict[str, Any]) -> dict[str, Any]:
+    """`desired`, once Ray's own schema accepts it (checked here, before the cluster sees it)."""
+    problems = plan.schema_problems(desired)
+    if problems:
+        raise ConfigError(config.path, problems)
+    return desired
+
+
+def running_configs(details: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    apps = details.get("applications") or {}
+    return {name: app.get("deployed_app_config") or {} for name, app in apps.items()}
+
+
+def warn_about_http_options(config: Config, details: Mapping[str, Any]) -> None:
+    running = details.get("http_options") or {}
+    if details.get("applications") and running.get("port") not in (None, config.serve.port):
+        print(
+            f"warning: Serve on this cluster already listens on port {running['port']}; "
+            f"[MODEL SERVE] port = {config.serve.port} takes effect once Serve restarts there "
+            "(for the local cluster: `controller.py down --stop-cluster`, then apply)",
+            file=sys.stderr,
+        )
+
+
+def wait(cluster: Cluster, apps: list[str], gone: list[str], timeout_s: float) -> dict[str, Any]:
+    """Until every app in `apps` is healthy or failed and every app in `gone` is being deleted."""
+    deadline = time.monotonic() + timeout_s
+    time.sleep(0.5)
+    while True:
+        details = cluster.details()
+        running = details.get("applications") or {}
+        leaving = [g for g in gone if g in running and running[g].get("status") != "DELETING"]
+        done = all(status.settled(running.get(a)) for a in apps) and not leaving
+        if done or time.monotonic() > deadline:
+            return details
+        time.sleep(0.5)
+
+
+def check_fit(config: Config, cluster: Cluster, before: Mapping[str, Any]) -> None:
+    problems = fit_problems(config.sections, cluster.resources(before))
+    if problems:
+        raise ConfigError(config.path, problems)
+
+
+def apply(config: Config, cluster: Cluster, before: dict[str, Any], state_dir: Path) -> Outcome:
+    """Make the cluster match `config`; restore the sections that fail. Prints the change table."""
+    check_fit(config, cluster, before)
+    desired = validated(config, plan.deploy_config(config, upload_artifacts(config, cluster)))
+    previous = running_configs(before)
+    changes = plan.diff(desired, previous)
+    for change in changes:
+        print(f"{change.action:>16}  {change.app}", flush=True)
+    cluster.apply(desired)
+    names = [s.app_name for s in config.sections]
+    gone = [c.app for c in changes if c.action == "remove"]
+    details = wait(cluster, names, gone, config.serve.deploy_timeout_s)
+    outcome = Outcome(details, failed=_failures(details, names))
+    _save_errors(state_dir, outcome.failed)
+    was_healthy = {name for name in previous if status.app_healthy((before.get("applications") or {})[name])}
+    restore = [name for name in outcome.failed if name in was_healthy]
+    if restore:
+        print(f"restoring the last good configuration of {', '.join(restore)}", file=sys.stderr, flush=True)
+        apps = [previous[app["name"]] if app["name"] in restore else app for app in desired["applications"]]
+        cluster.apply({**desired, "applications": apps})
+        outcome.details = wait(cluster, restore, [], config.serve.deploy_timeout_s)
+        outcome.rolled_back = restore
+    return outcome
+
+
+def _failures(details: Mapping[str, Any], names: list[str]) -> dict[str, status.Row]:
+    rows = status.rows(details, "", names)
+    return {name: row for name, row in zip(names, rows, strict=True) if not row.healthy}
+
+
+def _save_errors(state_dir: Path, failed: Mapping[str, status.Row]) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    text = "".join(f"==> {row.section} is {row.status} <==\n{row.message}\n\n" for row in failed.values())
+    (state_dir / ERRORS_FILE).write_text(text)
