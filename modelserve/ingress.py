@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from ray import serve
+from ray.serve.exceptions import RayServeException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -29,6 +30,17 @@ from modelserve.replica_spec import ReplicaArgs, ReplicaConfig
 from modelserve.warmup import WarmupError, read_warmup
 
 logger = logging.getLogger("ray.serve")
+
+
+#: Names the replica that answered (the id `status` details and `controller.py logs` show).
+REPLICA_HEADER = "x-modelserve-replica"
+
+
+def _replica_id() -> str:
+    try:
+        return str(serve.get_replica_context().replica_tag)
+    except RayServeException:  # outside Serve: tests, a backend run by hand
+        return f"pid-{os.getpid()}"
 
 
 def use_uploaded_package(package: str, search_path: str | None = None) -> str | None:
@@ -64,6 +76,7 @@ class ModelReplica:
 
     def __init__(self, spec: ReplicaArgs) -> None:
         raycompat.mend_redirected_print()
+        self._headers = {REPLICA_HEADER: _replica_id()}
         self._methods = spec.methods
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         cls = load_backend_class(spec.package, spec.backend)
@@ -112,7 +125,7 @@ class ModelReplica:
         try:
             result = await self._route(request, request_id)
             body = envelope.success(result, self._backend.info, request_id)
-            return Response(envelope.dumps(body), media_type="application/json")
+            return Response(envelope.dumps(body), media_type="application/json", headers=self._headers)
         except ModelServeError as exc:
             return self._error(exc, request_id)
         except Exception:
@@ -198,4 +211,5 @@ class ModelReplica:
 
     def _error(self, exc: ModelServeError, request_id: str) -> Response:
         body = envelope.dumps(envelope.failure(exc, request_id))
-        return Response(body, status_code=exc.status_code, media_type="application/json", headers=exc.headers)
+        headers = {**self._headers, **exc.headers}
+        return Response(body, status_code=exc.status_code, media_type="application/json", headers=headers)

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -62,8 +63,9 @@ def test_the_uploaded_package_goes_first_on_sys_path(tmp_path: Path, monkeypatch
 
 def test_success_envelope_and_the_request_id_header(replica: ModelReplica) -> None:
     req = request("POST", "/echo", b'{"a": 1}')
-    status, body, _ = answer(replica, req)
+    status, body, headers = answer(replica, req)
     assert status == 200 and body["status"] == 1
+    assert headers["x-modelserve-replica"] == f"pid-{os.getpid()}"  # in Serve: the replica's id
     assert body["result"]["params"] == {"a": 1} and body["result"]["config"] == {"threshold": 0.5}
     assert body["result"]["model"] == ["echo-model-v1"] and len(body["request_id"]) == 32
 
@@ -86,7 +88,7 @@ def test_errors_are_envelopes_with_their_status_and_headers(
     assert code == status and answer_body["status"] == 0 and answer_body["request_id"]
     assert answer_body["error"]["type"] == error_type and text in answer_body["error"]["message"], answer_body
     assert "Traceback" not in json.dumps(answer_body)
-    assert headers.get("allow") == ("POST" if status == 405 else None)
+    assert headers.get("allow") == ("POST" if status == 405 else None) and headers["x-modelserve-replica"]
 
 
 def test_ping_answers_once_loaded(replica: ModelReplica) -> None:
@@ -108,7 +110,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_result(
     for name in [m for m in sys.modules if m == "algopkg" or m.startswith("algopkg.")]:
         monkeypatch.delitem(sys.modules, name)
     # Outside a replica, Serve's batch queue asks for the replica's context once (to compare limits).
-    context = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=32))
+    context = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=32), replica_tag="r1")
     monkeypatch.setattr(serve, "get_replica_context", lambda: context)
     replica = ModelReplica(ReplicaArgs("algopkg.Batcher", "Batcher", "Batcher", str(project / "Model_ZOO")))
 
