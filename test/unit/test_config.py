@@ -25,17 +25,38 @@ def problems(project: Path, *sections: str, **serve: object) -> list[str]:
     return info.value.problems
 
 
-def test_shipped_conf_is_valid() -> None:
+def test_the_shipped_conf_ini_is_valid_whatever_sections_a_user_adds() -> None:
+    """The user's own conf.ini (the example plus whatever they added) must load."""
     config = load_config(Path(__file__).resolve().parents[2] / "conf.ini")
-    (spec,) = config.sections
+    assert config.sections and config.model_zoo.is_absolute()
+
+
+def test_the_example_section(project: Path) -> None:
+    """The example as shipped, in a copy of its own (a user's edits to conf.ini never break this)."""
+    import configparser
+
+    shipped = configparser.ConfigParser(inline_comment_prefixes=(";",), interpolation=None)
+    shipped.read(Path(__file__).resolve().parents[2] / "conf.ini")
+    for extra in [s for s in shipped.sections() if s not in ("MODEL SERVE", "algopkg.AlgoExample")]:
+        shipped.remove_section(extra)
+    with (project / "conf.ini").open("w") as out:
+        shipped.write(out)
+    config = load_config(project / "conf.ini")
+    spec = next(s for s in config.sections if s.section == "algopkg.AlgoExample")
     assert (spec.package, spec.backend, spec.route, spec.methods) == (
         "AlgoExample",
         "algo_backend",
         "extract",
         ("GET", "POST"),
     )
-    assert config.serve.host == "127.0.0.1"
-    assert config.model_zoo.name == "Model_ZOO" and config.model_zoo.is_absolute()
+    assert config.serve.host == "127.0.0.1" and config.model_zoo.name == "Model_ZOO"
+
+
+def test_a_user_s_extra_section_keeps_the_suite_green(project: Path) -> None:
+    shipped = (Path(__file__).resolve().parents[2] / "conf.ini").read_text()
+    extra = "\n[algopkg.AlgoExample:zz_user_test]\nbackend = algo_backend\nmodel = algoexample_model_v1.npz\nroute = zz_user_test\nreplicas = 2\n"
+    (project / "conf.ini").write_text(shipped + extra)
+    assert [s.app_name for s in load_config(project / "conf.ini").sections][-1] == "AlgoExample:zz_user_test"
 
 
 def test_defaults_and_original_keys(project: Path) -> None:
