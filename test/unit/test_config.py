@@ -54,7 +54,9 @@ def test_the_example_section(project: Path) -> None:
 
 def test_a_user_s_extra_section_keeps_the_suite_green(project: Path) -> None:
     shipped = (Path(__file__).resolve().parents[2] / "conf.ini").read_text()
-    extra = "\n[algopkg.AlgoExample:zz_user_test]\nbackend = algo_backend\nmodel = algoexample_model_v1.npz\nroute = zz_user_test\nreplicas = 2\n"
+    extra = EXAMPLE.replace("[algopkg.AlgoExample]", "[algopkg.AlgoExample:zz_user_test]").replace(
+        "route = extract", "route = zz_user_test"
+    )
     (project / "conf.ini").write_text(shipped + extra)
     assert [s.app_name for s in load_config(project / "conf.ini").sections][-1] == "AlgoExample:zz_user_test"
 
