@@ -20,7 +20,7 @@ from typing import Any
 
 import requests
 from loadgen import run_wrk, wrk_path
-from procs import cpu_ticks, cpu_top
+from procs import cpu_times, cpu_top
 from report import CONNS, render, write
 from servers import SERVERS, Running, ServerError
 from workload import in_process, reference, sample
@@ -70,11 +70,11 @@ def bench_server(name: str, work: Path, body: dict[str, Any], want: dict[str, An
             check(running, body, want)
             for conns in CONNS:
                 progress(f"{label}: wrk, {conns} connection(s), {seconds:g} s")
-                before, t0 = cpu_ticks(running.sids), time.monotonic()
+                before, t0 = cpu_times(running.sids), time.monotonic()
                 load = run_wrk(running.url, body, conns, seconds)
                 result["runs"][str(conns)] = asdict(load)
                 if conns == CONNS[-1]:
-                    result["cpu32"] = cpu_top(before, cpu_ticks(running.sids), time.monotonic() - t0)
+                    result["cpu32"] = cpu_top(before, cpu_times(running.sids), time.monotonic() - t0)
                 progress(f"{label}: {load.rps:,.0f} RPS, p50 {load.p50_ms:.2f} ms, p99 {load.p99_ms:.2f} ms")
             progress(f"{label}: stopping")
     except (ServerError, RuntimeError, KeyError, ValueError, requests.RequestException) as exc:

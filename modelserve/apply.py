@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from modelserve import plan, status
 from modelserve.cluster import Cluster
 from modelserve.config import ConfigError
@@ -86,13 +88,43 @@ def wait(cluster: Cluster, apps: list[str], gone: list[str], timeout_s: float) -
         time.sleep(0.5)
 
 
+def wait_routed(base_url: str, routes: list[str], settle_s: float = 1.0, timeout_s: float = 20.0) -> bool:
+    """Until the HTTP port has answered `/<route>/ping` from a replica for every route, `settle_s`
+    in a row. Serve reports a section healthy a moment before its ingress reloads with the route;
+    a user's first call must not get a 404. False where the port cannot be reached from here
+    (a remote head that listens on its own loopback) or the routes never settle."""
+    deadline = time.monotonic() + timeout_s
+    since = time.monotonic()
+    reached = False
+    while time.monotonic() - since < settle_s:
+        if time.monotonic() > deadline or (not reached and time.monotonic() - since > 3):
+            return False
+        try:
+            ok = all(_pings(f"{base_url}/{route}/ping") for route in routes)
+            reached = True
+        except requests.ConnectionError:
+            ok = False
+        if not ok:
+            since = time.monotonic()
+        time.sleep(0.05)
+    return True
+
+
+def _pings(url: str) -> bool:
+    try:
+        reply = requests.get(url, timeout=5)
+        return reply.status_code == 200 and reply.json().get("result") == "pong"
+    except (requests.Timeout, ValueError, AttributeError):
+        return False
+
+
 def check_fit(config: Config, cluster: Cluster, before: Mapping[str, Any]) -> None:
     problems = fit_problems(config.sections, cluster.resources(before))
     if problems:
         raise ConfigError(config.path, problems)
 
 
-def apply(config: Config, cluster: Cluster, before: dict[str, Any], state_dir: Path) -> Outcome:
+def apply(config: Config, cluster: Cluster, before: dict[str, Any], state_dir: Path, base_url: str = "") -> Outcome:
     """Make the cluster match `config`; restore the sections that fail. Prints the change table."""
     check_fit(config, cluster, before)
     desired = validated(config, plan.deploy_config(config, upload_artifacts(config, cluster)))
@@ -105,6 +137,10 @@ def apply(config: Config, cluster: Cluster, before: dict[str, Any], state_dir: P
     gone = [c.app for c in changes if c.action == "remove"]
     details = wait(cluster, names, gone, config.serve.deploy_timeout_s)
     outcome = Outcome(details, failed=_failures(details, names))
+    touched = {c.app for c in changes if c.action not in ("unchanged", "remove")}
+    routes = [s.route for s in config.sections if s.app_name in touched and s.app_name not in outcome.failed]
+    if routes and base_url:
+        wait_routed(base_url, routes)
     _save_errors(state_dir, outcome.failed)
     was_healthy = {name for name in previous if status.app_healthy((before.get("applications") or {})[name])}
     restore = [name for name in outcome.failed if name in was_healthy]

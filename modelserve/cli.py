@@ -66,7 +66,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     warn_about_http_options(config, before)
     base_url = _base_url(config, dashboard)
     _remember(state_dir, dashboard, base_url)
-    outcome = apply(config, cluster, before, state_dir)
+    outcome = apply(config, cluster, before, state_dir, base_url)
     code = _report(status.rows(outcome.details, base_url, [s.app_name for s in config.sections]))
     for name, row in outcome.failed.items():
         what = "rolled back to its last good configuration" if name in outcome.rolled_back else "left as it is"

@@ -4,6 +4,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,9 +16,15 @@ from helpers import TestCluster, isolate_ray_token, start_test_cluster  # noqa: 
 isolate_ray_token(Path(tempfile.mkdtemp(prefix="modelserve-token-")))
 
 
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[TestCluster]:
-    """One real Ray cluster for the whole session (4 logical CPUs, 2 logical GPUs)."""
-    started = start_test_cluster()
+@pytest.fixture(scope="module")
+def cluster_options() -> dict[str, Any]:
+    """`start_test_cluster` arguments; a module that needs more overrides this fixture."""
+    return {"num_cpus": 2, "num_gpus": 0}
+
+
+@pytest.fixture(scope="module")
+def cluster(cluster_options: dict[str, Any]) -> Iterator[TestCluster]:
+    """One small real Ray cluster per test module: each module owns its applications."""
+    started = start_test_cluster(**cluster_options)
     yield started
     started.stop()

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
+import io
+import ipaddress
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from modelserve import raycompat
 from modelserve.cluster import dashboard_answers, session_members, stop_session
 from modelserve.node import NodeSpec, free_port, late_port, node_env, ray_start_command
 
@@ -25,7 +34,7 @@ FIXTURES = REPO / "test" / "fixtures"
 #: Ray keeps a stopping replica serving 30 s so HAProxy can drop it first; tests shorten
 #: that, but not below HAProxy's update latency (at 1 s a replica that took over a
 #: stopped one's port was sent its requests, which answered 404).
-FAST_DRAIN_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5", "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "5"}
+FAST_DRAIN_ENV = raycompat.draining_env(5)
 
 
 #: The Echo fixture package as a conf.ini section (POST, half a CPU).
@@ -85,6 +94,70 @@ def call(url: str, params: Any = None, method: str = "POST", raw: bytes | None =
     return Reply(status, body, {k.lower(): v for k, v in headers.items()})
 
 
+def assert_error_envelope(reply: Reply, status: int, error_type: str, message: str = "") -> None:
+    """The README's error answer: `{"status": 0, "error": {"type", "message"}, "request_id"}`.
+
+    `message` must be part of the error's message; the request id is also the `x-request-id` header.
+    """
+    assert reply.status == status, (reply.status, reply.body)
+    body = reply.body
+    assert isinstance(body, dict) and set(body) == {"status", "error", "request_id"}, body
+    assert body["status"] == 0 and set(body["error"]) == {"type", "message"}, body
+    assert body["error"]["type"] == error_type and message in body["error"]["message"], body
+    assert body["error"]["message"] and "Traceback" not in body["error"]["message"], body
+    assert body["request_id"] and body["request_id"] == reply.headers.get("x-request-id"), (body, reply.headers)
+
+
+class Load:
+    """Background clients posting to `url` while something changes, recording every outcome.
+
+    A request that gets no HTTP answer (connection refused or reset, a timeout, a broken
+    response) is recorded with status 0: it failed as surely as a 5xx did.
+    """
+
+    def __init__(self, url: str, clients: int = 1, max_requests: int = 200_000, timeout_s: float = 10) -> None:
+        self.url, self.max_requests, self.timeout_s = url, max_requests, timeout_s
+        self.results: list[tuple[float, int]] = []  # (time.monotonic(), HTTP status or 0)
+        self.failures: list[tuple[float, int, object]] = []
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    @property
+    def codes(self) -> list[int]:
+        return [status for _, status in self.results]
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set() and len(self.results) < self.max_requests:
+                try:
+                    reply = call(self.url, {"n": len(self.results)}, timeout=self.timeout_s)
+                    status, detail = reply.status, reply.body
+                except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, cut short
+                    status, detail = 0, repr(exc)
+                self.results.append((time.monotonic(), status))
+                if status != 200:
+                    self.failures.append((time.monotonic(), status, detail))
+        except BaseException as exc:  # anything else is a bug in the test: never let it pass silently
+            self.errors.append(exc)
+            raise
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=self.timeout_s + 20)
+        if exc_type is not None:
+            return  # the block's own exception says more
+        assert not any(t.is_alive() for t in self._threads), "a load thread did not stop"
+        assert not self.errors, f"a load thread died: {self.errors[0]!r}"
+        assert len(self.results) < self.max_requests, "the load ended before the change did"
+
+
 def wait_for(predicate: Any, timeout_s: float = 60, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -117,11 +190,12 @@ class TestCluster:
 
     def stop(self) -> None:
         stop_session(self.proc.pid)
+        self.proc.wait(timeout=30)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def start_test_cluster(num_cpus: int = 4, num_gpus: int = 2, ingress: str = "fast") -> TestCluster:
-    """Logical CPUs and GPUs (no GPU needed): enough to place fractional-GPU replicas.
+def start_test_cluster(num_cpus: int = 2, num_gpus: int = 0, ingress: str = "fast") -> TestCluster:
+    """Logical CPUs and GPUs (no GPU needed): what a module's replicas take, and room for one more.
 
     It runs from the repository root on purpose: its `algopkg/` must not shadow the
     package snapshots the replicas are deployed with.
@@ -137,12 +211,11 @@ def start_test_cluster(num_cpus: int = 4, num_gpus: int = 2, ingress: str = "fas
         temp_dir=temp_dir,
     )
     cmd = ray_start_command(spec)
-    env = node_env(spec)
-    env.update(FAST_DRAIN_ENV)
-    log = open(Path(temp_dir) / "head.log", "wb")  # noqa: SIM115 - the head writes it until stopped
-    proc = subprocess.Popen(
-        cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=REPO, start_new_session=True
-    )
+    env = node_env(spec, user_env(FAST_DRAIN_ENV))
+    with (Path(temp_dir) / "head.log").open("wb") as log:  # the head keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=REPO, start_new_session=True
+        )
     cluster = TestCluster(proc, f"http://127.0.0.1:{spec.dashboard_port}", late_port(), temp_dir)
     try:
         wait_for(lambda: proc.poll() is not None or dashboard_answers(cluster.dashboard_url), 90, "the Ray head")
@@ -154,10 +227,37 @@ def start_test_cluster(num_cpus: int = 4, num_gpus: int = 2, ingress: str = "fas
     return cluster
 
 
-def start_node(role: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """A Ray node started by the docker image's entrypoint script, run directly (no docker)."""
+def controller_in_process(*args: str) -> tuple[int, str]:
+    """`modelserve.cli.main(args)` in this process: its exit code and everything it printed."""
+    from modelserve.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(list(args))
+    return code, out.getvalue()
+
+
+def controller(
+    *args: str, env: Mapping[str, str | None] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`python controller.py ARGS` as a user runs it: `user_env(env)`, no terminal."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "controller.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env=user_env(env),
+    )
+
+
+def start_node(role: str, env: Mapping[str, str | None], log_path: Path) -> subprocess.Popen[bytes]:
+    """A Ray node started by the docker image's entrypoint script, run directly (no docker).
+
+    `env` is what the node is given on top of a user's environment (None removes a variable).
+    """
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    full_env = {**os.environ, **FAST_DRAIN_ENV, **env, "PATH": path}
+    full_env = user_env({**FAST_DRAIN_ENV, **env, "PATH": path})
     with log_path.open("wb") as log:
         return subprocess.Popen(
             ["sh", str(REPO / "docker" / "entrypoint.sh"), role],
@@ -174,53 +274,76 @@ def session_commands(sid: int) -> set[str]:
     """Command names of the live processes in a session (a cluster started in its own session)."""
     names = set()
     for pid in session_members(sid):
-        with contextlib.suppress(OSError):
-            names.add(Path(f"/proc/{pid}/comm").read_text().strip())
+        with contextlib.suppress(psutil.Error):
+            names.add(psutil.Process(pid).name())
     return names
 
 
-def _listening_inodes() -> dict[str, tuple[str, int]]:
-    """inode -> (address, port) of every listening TCP socket, from /proc/net/tcp{,6}."""
-    found = {}
-    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] != "0A":  # LISTEN
-                continue
-            hex_ip, hex_port = fields[1].split(":")
-            raw = bytes.fromhex(hex_ip)
-            if width == 8:
-                ip = ".".join(str(b) for b in reversed(raw))
-            else:
-                words = [raw[i : i + 4][::-1] for i in range(0, 16, 4)]
-                ip = "::" if not any(raw) else ":".join(w.hex() for w in words)
-                if raw[:12] == bytes(10) + b"\xff\xff":
-                    ip = ".".join(str(b) for b in words[3])
-            found[fields[9]] = (ip, int(hex_port, 16))
-    return found
+@dataclass(frozen=True, order=True)
+class Listener:
+    """A listening TCP socket and the process that holds it."""
+
+    name: str  # the process name; for a Python process, its script or module (`dashboard.py`)
+    ip: str
+    port: int
+    pid: int
+
+    @property
+    def public(self) -> bool:
+        """Reachable from other hosts: bound to all interfaces or to a non-loopback address."""
+        return not ipaddress.ip_address(self.ip).is_loopback
 
 
-def listeners(sid: int) -> list[tuple[str, str, int]]:
-    """(process name, address, port) of every socket the session's processes listen on."""
-    inodes = _listening_inodes()
-    result = set()
+def _program(process: psutil.Process) -> str:
+    name = process.name()
+    if not name.startswith("python"):
+        return name
+    args = process.cmdline()[1:]
+    for i, arg in enumerate(args):
+        if arg == "-m" and i + 1 < len(args):
+            return args[i + 1]
+        if not arg.startswith("-"):
+            return Path(arg).name
+    return name
+
+
+def listeners(sid: int) -> list[Listener]:
+    """Every TCP socket the session's processes listen on (IPv4-mapped IPv6 addresses as IPv4)."""
+    found = set()
     for pid in session_members(sid):
-        try:
-            name = Path(f"/proc/{pid}/comm").read_text().strip()
-            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
-        except OSError:
-            continue
-        for link in links:
-            inode = link[len("socket:[") : -1] if link.startswith("socket:[") else ""
-            if inode in inodes:
-                result.add((name, *inodes[inode]))
-    return sorted(result)
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(pid)
+            name = _program(process)
+            for conn in process.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN:
+                    ip = conn.laddr.ip.removeprefix("::ffff:")
+                    found.add(Listener(name, ip, conn.laddr.port, pid))
+    return sorted(found)
 
 
 def isolate_ray_token(directory: Path) -> None:
-    """Use a token of the tests' own, never the user's ~/.ray/auth_token."""
+    """Use a token of the tests' own, never the user's ~/.ray/auth_token.
+
+    Only the token's path is exported: token mode itself is what modelserve turns on, as it
+    must for a user who sets nothing (`user_env` keeps it off a controller's environment).
+    """
     token = directory / "auth_token"
     if not token.exists():
-        token.write_text(os.urandom(16).hex())
-    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
-    os.environ["RAY_AUTH_MODE"] = "token"
+        token.write_text(secrets.token_hex(32))
+    os.environ[raycompat.AUTH_TOKEN_PATH] = str(token)
+
+
+def user_env(changes: Mapping[str, str | None] | None = None) -> dict[str, str]:
+    """The environment a user runs `controller.py` or a node with: no `RAY_AUTH_MODE`.
+
+    In-process calls to `modelserve.cli.main` set `RAY_AUTH_MODE=token` in this process as a
+    side effect; a subprocess must not inherit it. `changes` sets variables, or removes
+    those given as None.
+    """
+    env = {k: v for k, v in os.environ.items() if k != raycompat.AUTH_MODE}
+    for key, value in (changes or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env

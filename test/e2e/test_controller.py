@@ -1,16 +1,33 @@
-"""`controller.py` driven as a subprocess, as a user runs it."""
+"""`controller.py` driven as a subprocess, as a user runs it, with a user's environment.
+
+The first test is `make serve`: the controller starts a local head itself, with the default
+(fast) ingress. The module's own cluster runs the fallback ingress (Ray Serve's Python proxy),
+so the HTTP contract is checked under both without a third cluster.
+"""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
-from helpers import ECHO_SECTION, REPO, TestCluster, call, make_project, session_commands, wait_for, write_conf
+from helpers import (
+    ECHO_SECTION,
+    FIXTURES,
+    REPO,
+    TestCluster,
+    assert_error_envelope,
+    call,
+    controller,
+    make_project,
+    session_commands,
+    wait_for,
+    write_conf,
+)
 
-from modelserve.cluster import Cluster, dashboard_answers
+from modelserve.cluster import Cluster, dashboard_answers, session_members
 from modelserve.node import free_port, late_port
 
 pytestmark = pytest.mark.e2e
@@ -25,19 +42,54 @@ cpu_cost = 0.5
 user_config = {"threshold": 1.5}
 warmup = warmup.json
 """
-
-
 ECHO = ECHO_SECTION
+BASE = (LEGACY, ECHO)
+SAMPLE = json.loads((FIXTURES / "digits_samples.json").read_text())[0]
 
 
-def controller(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(REPO / "controller.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+def repository_conf(port: int, dashboard_port: int) -> str:
+    """The repository's own conf.ini, on free ports, for a local cluster of 2 CPUs."""
+    text = (REPO / "conf.ini").read_text()
+    text, ports = re.subn(r"(?m)^port = 8000\b", f"port = {port}", text)
+    local = f"address = local\ndashboard_port = {dashboard_port}\nlocal_cpus = 2"
+    text, addresses = re.subn(r"(?m)^address = auto\b", local, text)
+    assert ports == addresses == 1, text
+    assert "[algopkg.AlgoExample]" in text and re.search(r"(?m)^route = extract\b", text), text
+    return text
+
+
+def test_make_serve_starts_a_local_cluster_serves_the_example_and_stops(tmp_path: Path) -> None:
+    """What `make serve` runs: no cluster anywhere; the controller starts one with the default ingress.
+
+    First in the module, before the module's cluster starts: one cluster at a time.
+    """
+    project = make_project(tmp_path)
+    port, dashboard_port = late_port(), free_port()
+    conf = project / "conf.ini"
+    conf.write_text(repository_conf(port, dashboard_port))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        result = controller("-c", str(conf))
+        assert result.returncode == 0, result.stdout + result.stderr
+        head_pid = json.loads((project / ".modelserve" / "cluster.json").read_text())["pid"]
+        assert "haproxy" in session_commands(head_pid)  # the fast ingress
+        reply = call(f"{base}/extract", {"x": SAMPLE["x"]})
+        assert reply.status == 200 and reply.body["status"] == 1, reply.body
+        assert reply.body["result"]["class"] == SAMPLE["label"] and len(reply.body["result"]["probabilities"]) == 10
+        assert reply.headers["x-request-id"] == reply.body["request_id"]
+        status = controller("status", "-c", str(conf))
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert re.search(rf"algopkg.AlgoExample\s+{base}/extract\s+1/1\s+HEALTHY", status.stdout), status.stdout
+    finally:
+        down = controller("down", "--stop-cluster", "-c", str(conf))
+    assert down.returncode == 0 and "stopped the local Ray cluster" in down.stdout, down.stdout + down.stderr
+    wait_for(lambda: not session_members(head_pid), 30, "the head's processes to stop")
+    assert not dashboard_answers(f"http://127.0.0.1:{dashboard_port}")
+
+
+@pytest.fixture(scope="module")
+def cluster_options() -> dict[str, Any]:
+    return {"num_cpus": 2, "num_gpus": 0, "ingress": "proxy"}
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +97,19 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_project(tmp_path_factory.mktemp("e2e"))
 
 
-def test_invalid_file_changes_nothing(project: Path, cluster: TestCluster) -> None:
+def apply(project: Path, cluster: TestCluster, *sections: str, **serve: Any) -> Any:
+    return controller("-c", str(write_conf(project, cluster.serve(**serve), *sections)))
+
+
+@pytest.fixture(scope="module")
+def deployed(project: Path, cluster: TestCluster) -> None:
+    result = apply(project, cluster, *BASE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_invalid_file_changes_nothing(project: Path, cluster: TestCluster, deployed: None) -> None:
     before = Cluster(cluster.dashboard_url).details().get("applications")
-    conf = write_conf(project, cluster.serve(), LEGACY + "replicas = lots\n")
+    conf = write_conf(project, cluster.serve(), LEGACY + "replicas = lots\n", ECHO)
     result = controller("-c", str(conf))
     assert result.returncode == 2
     assert "[algopkg.Legacy] replicas = 'lots': must be a whole number" in result.stderr
@@ -57,61 +119,41 @@ def test_invalid_file_changes_nothing(project: Path, cluster: TestCluster) -> No
     assert check.returncode == 2 and "replicas = 'lots'" in check.stderr
 
 
-def test_original_template_package_serves_unchanged(project: Path, cluster: TestCluster) -> None:
-    conf = write_conf(project, cluster.serve(), LEGACY)
+def test_original_template_package_serves_unchanged(project: Path, cluster: TestCluster, deployed: None) -> None:
+    conf = write_conf(project, cluster.serve(), *BASE)
     assert controller("check", "-c", str(conf)).returncode == 0
-    result = controller("-c", str(conf))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "algopkg.Legacy" in result.stdout and "HEALTHY" in result.stdout
     reply = call(f"{cluster.base_url}/legacy", {"values": [1, 2, 3]})
     assert reply.status == 200
     assert reply.body["result"] == {"model": "legacy-model-v1", "sum": 6.0, "above": 2}
     assert reply.body["info"].startswith("Result from ") and reply.body["status"] == 1
+    assert reply.headers["x-request-id"] == reply.body["request_id"]
     status = controller("status", "-c", str(conf))
-    assert status.returncode == 0 and "1/1" in status.stdout
+    assert status.returncode == 0 and re.search(r"algopkg.Legacy\s+\S+/legacy\s+1/1\s+HEALTHY", status.stdout), status
 
 
-def test_original_template_failing_to_load_is_not_healthy(project: Path, cluster: TestCluster) -> None:
+def test_the_http_contract_holds_on_the_proxy_ingress(cluster: TestCluster, deployed: None) -> None:
+    base = cluster.base_url
+    assert "haproxy" not in session_commands(cluster.proc.pid)
+    assert_error_envelope(call(f"{base}/legacy", raw=b"{oops"), 400, "BadRequest", "not valid JSON")
+    wrong_method = call(f"{base}/legacy", method="GET")
+    assert_error_envelope(wrong_method, 405, "MethodNotAllowed", "use POST")
+    assert wrong_method.headers["allow"] == "POST"
+    assert_error_envelope(call(f"{base}/echo", {"fail": True}), 500, "ModelError", "ValueError: asked to fail")
+    assert_error_envelope(call(f"{base}/echo", {"bad": True}), 400, "BadRequest", "bad params")
+    assert_error_envelope(call(f"{base}/echo/nope", {}), 404, "NotFound", "no such path")
+    assert call(f"{base}/legacy/ping", method="GET").body["result"] == "pong"
+    assert call(f"{base}/-/healthz", method="GET").status == 200
+
+
+def test_original_template_failing_to_load_is_not_healthy(project: Path, cluster: TestCluster, deployed: None) -> None:
     (project / "Model_ZOO" / "broken.txt").write_text("broken")
     broken = LEGACY.replace("[algopkg.Legacy]", "[algopkg.Legacy:broken]").replace("legacy_model.txt", "broken.txt")
-    conf = write_conf(
-        project, cluster.serve(deploy_timeout_s=90), LEGACY, broken.replace("route = legacy", "route = broken")
-    )
-    result = controller("-c", str(conf))
-    assert result.returncode == 1
-    assert "[algopkg.Legacy:broken] is DEPLOY_FAILED" in result.stderr
-    assert "cannot parse the model file" in result.stderr
-    assert call(f"{cluster.base_url}/legacy", {"values": [2]}).status == 200
-
-
-def test_embedded_default_starts_serves_and_stops_a_local_cluster(tmp_path: Path) -> None:
-    """What `make serve` does: no cluster anywhere, the controller starts one on loopback.
-
-    It uses the fallback ingress (Ray Serve's Python proxy); every other test runs on the
-    default fast ingress, so the HTTP contract is checked under both.
-    """
-    project = make_project(tmp_path)
-    port, dashboard_port = late_port(), free_port()
-    serve = {"port": port, "address": "local", "dashboard_port": dashboard_port, "local_cpus": 2, "local_gpus": 0}
-    conf = write_conf(project, {**serve, "ingress": "proxy"}, LEGACY, ECHO)
-    base = f"http://127.0.0.1:{port}"
     try:
-        result = controller("-c", str(conf))
-        assert result.returncode == 0, result.stdout + result.stderr
-        head_pid = json.loads((project / ".modelserve" / "cluster.json").read_text())["pid"]
-        assert "haproxy" not in session_commands(head_pid)
-        reply = call(f"{base}/legacy", {"values": [5]})
-        assert reply.body["result"]["sum"] == 5.0 and reply.headers["x-request-id"] == reply.body["request_id"]
-        assert call(f"{base}/legacy", raw=b"{oops").status == 400
-        assert call(f"{base}/legacy", method="GET").status == 405
-        assert call(f"{base}/echo", {"fail": True}).body["error"]["type"] == "ModelError"
-        assert call(f"{base}/legacy/ping", method="GET").body["result"] == "pong"
-        assert call(f"{base}/-/healthz", method="GET").status == 200
-        assert (project / ".modelserve" / "cluster.json").exists()
-        again = controller("-c", str(write_conf(project, {**serve, "ingress": "proxy"}, LEGACY)))
-        assert again.returncode == 0 and "unchanged  Legacy" in again.stdout and "remove  Echo" in again.stdout
-        wait_for(lambda: call(f"{base}/echo", {}).status == 404, 30, "/echo to be removed")
+        result = apply(project, cluster, *BASE, broken.replace("route = legacy", "route = broken"), deploy_timeout_s=90)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "[algopkg.Legacy:broken] was DEPLOY_FAILED" in result.stderr
+        assert "cannot parse the model file" in result.stderr
+        assert call(f"{cluster.base_url}/legacy", {"values": [2]}).status == 200
     finally:
-        down = controller("down", "--stop-cluster", "-c", str(conf))
-    assert down.returncode == 0 and "stopped the local Ray cluster" in down.stdout
-    wait_for(lambda: not dashboard_answers(f"http://127.0.0.1:{dashboard_port}"), 30, "the dashboard to stop")
+        restored = apply(project, cluster, *BASE)
+    assert restored.returncode == 0 and "remove  Legacy:broken" in restored.stdout, restored.stdout + restored.stderr

@@ -6,9 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import TestCluster, call, make_project, write_conf
+from helpers import TestCluster, call, controller_in_process, make_project, write_conf
 
-from modelserve.cli import main
 from modelserve.cluster import Cluster
 
 pytestmark = pytest.mark.integration
@@ -45,17 +44,20 @@ def pids(cluster: TestCluster) -> dict[str, set[int]]:
     }
 
 
-def apply(project: Path, cluster: TestCluster, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    code = main(["-c", str(write_conf(project, cluster.serve(deploy_timeout_s=240), OLD, NEW, PLAIN))])
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+def apply(project: Path, cluster: TestCluster) -> tuple[int, str]:
+    """`controller.py -c conf.ini` in-process; its exit code and everything it printed."""
+    conf = write_conf(project, cluster.serve(deploy_timeout_s=240), OLD, NEW, PLAIN)
+    code, out = controller_in_process("-c", str(conf))
+    return code, out
 
 
-def test_two_packages_see_their_own_versions(
-    project: Path, cluster: TestCluster, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, out = apply(project, cluster, capsys)
+@pytest.fixture(scope="module")
+def deployed(project: Path, cluster: TestCluster) -> None:
+    code, out = apply(project, cluster)
     assert code == 0, out
+
+
+def test_two_packages_see_their_own_versions(cluster: TestCluster, deployed: None) -> None:
     old = call(f"{cluster.base_url}/old", {}).body["result"]
     new = call(f"{cluster.base_url}/new", {}).body["result"]
     assert (old["inflection"], new["inflection"]) == ("0.5.0", "0.5.1")
@@ -64,29 +66,29 @@ def test_two_packages_see_their_own_versions(
         import inflection  # noqa: F401 - the base environment does not have it
 
 
-def test_same_requirements_rebuild_nothing(
-    project: Path, cluster: TestCluster, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_same_requirements_rebuild_nothing(project: Path, cluster: TestCluster, deployed: None) -> None:
     before = pids(cluster)
-    code, out = apply(project, cluster, capsys)
+    code, out = apply(project, cluster)
     assert code == 0 and len(re.findall(r"^\s+unchanged  ", out, re.M)) == 3, out
     assert pids(cluster) == before
 
 
 def test_an_env_that_cannot_be_built_fails_only_its_section(
-    project: Path, cluster: TestCluster, capsys: pytest.CaptureFixture[str]
+    project: Path, cluster: TestCluster, deployed: None
 ) -> None:
     requirements = project / "algopkg" / "EnvOld" / "requirements.txt"
     good = requirements.read_text()
     before = pids(cluster)
     requirements.write_text("modelserve-no-such-package-4b1d==1.0\n")
     try:
-        code, out = apply(project, cluster, capsys)
+        code, out = apply(project, cluster)
     finally:
         requirements.write_text(good)
     assert code == 1
-    assert "[algopkg.EnvOld] is DEPLOY_FAILED" in out
-    assert "modelserve-no-such-package-4b1d" in out and re.search(r"No matching distribution|Could not find", out), out
+    assert "[algopkg.EnvOld] was DEPLOY_FAILED, rolled back" in out, out
+    errors = (project / ".modelserve" / "last_errors.log").read_text()  # the full error: pip's own words
+    assert "modelserve-no-such-package-4b1d" in errors
+    assert re.search(r"No matching distribution|Could not find", errors), errors
     assert call(f"{cluster.base_url}/old", {}).body["result"]["inflection"] == "0.5.0"  # the old version serves
     after = pids(cluster)
     assert after["EnvNew"] == before["EnvNew"] and after["Echo"] == before["Echo"]

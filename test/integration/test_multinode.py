@@ -1,27 +1,44 @@
-"""A head and a worker (real `ray start` nodes via the docker entrypoint's module) on loopback."""
+"""A head and a worker (real `ray start` nodes via the docker entrypoint's module) on loopback.
+
+Set up as the README's cluster section has a user do it: one token, given as `RAY_AUTH_TOKEN`
+to every node and to the controller, and `address = <head>:<gcs port>` in conf.ini.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import signal
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
+import psutil
 import pytest
-from helpers import REPO, call, listeners, make_project, start_node, wait_for, write_conf
+import requests
+from helpers import (
+    Listener,
+    Load,
+    call,
+    controller,
+    listeners,
+    make_project,
+    start_node,
+    wait_for,
+    write_conf,
+)
 
+from modelserve import raycompat
 from modelserve.cli import main
-from modelserve.cluster import Cluster, dashboard_answers, session_members, stop_session
+from modelserve.cluster import Cluster, dashboard_answers, session_members, stop_session, use_token_if_available
 from modelserve.node import free_port, late_port
 
 pytestmark = pytest.mark.integration
@@ -56,6 +73,30 @@ gpu_cost = 0.5
 """
 
 
+#: Blocks of replica HTTP ports, below the kernel's ephemeral range (as `modelserve.node` picks them).
+DIRECT_INGRESS_BLOCKS = range(20000, 28000, 100)
+
+
+@dataclass
+class NodePorts:
+    """What a node is told to listen on for the fast ingress: HAProxy's pages, replicas' HTTP ports.
+
+    Ray 2.60 reads the replicas' block only where the Serve controller runs (the head): it hands
+    out every replica's port, on any node, from there.
+    """
+
+    stats: int
+    metrics: int
+    direct_http: range
+
+    @classmethod
+    def pick(cls, block: int) -> NodePorts:
+        return cls(late_port(), late_port(), range(block, block + 100))
+
+    def env(self) -> dict[str, str]:
+        return raycompat.fast_ingress_env(self.stats, self.metrics, self.direct_http.start)
+
+
 @dataclass
 class TwoNodes:
     head: subprocess.Popen[bytes]
@@ -63,8 +104,11 @@ class TwoNodes:
     gcs: str
     dashboard_url: str
     http_port: int
-    head_env: dict[str, str]
-    worker_env: dict[str, str]
+    worker_http_port: int
+    token_env: dict[str, str | None]
+    head_env: dict[str, str | None]
+    worker_env: dict[str, str | None]
+    ports: dict[str, NodePorts]  # "head", "worker"
     logs: Path
 
     def start_worker(self) -> None:
@@ -79,41 +123,42 @@ class TwoNodes:
         self.worker.wait(timeout=30)
 
 
-def alive_nodes(dashboard_url: str) -> int:
-    import requests
-
-    from modelserve.cluster import use_token_if_available
-
+def alive_raylets(dashboard_url: str) -> list[dict[str, Any]]:
     use_token_if_available()
-    from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
-
-    reply = requests.get(f"{dashboard_url}/nodes?view=summary", headers=get_auth_headers_if_auth_enabled({}), timeout=5)
-    return sum(1 for n in reply.json()["data"]["summary"] if n["raylet"]["state"] == "ALIVE")
+    reply = requests.get(f"{dashboard_url}/nodes?view=summary", headers=raycompat.auth_headers(), timeout=5)
+    return [n["raylet"] for n in reply.json()["data"]["summary"] if n["raylet"]["state"] == "ALIVE"]
 
 
-def haproxy_ports() -> dict[str, str]:
-    """Chosen here, not by each node's own process, so the two nodes on this host never pick alike."""
-    return {f"RAY_SERVE_HAPROXY_{kind}_PORT": str(late_port()) for kind in ("STATS", "METRICS")}
+def alive_nodes(dashboard_url: str) -> int:
+    return len(alive_raylets(dashboard_url))
 
 
 @pytest.fixture(scope="module")
 def nodes() -> Iterator[TwoNodes]:
     logs = Path(tempfile.mkdtemp(prefix="msn", dir="/tmp"))
-    gcs_port, dashboard_port, http_port = free_port(), free_port(), late_port()
+    gcs_port, dashboard_port, http_port, worker_http_port = free_port(), free_port(), late_port(), late_port()
+    # The README's shared token, given as RAY_AUTH_TOKEN only. It is the tests' own token
+    # (RAY_AUTH_TOKEN_PATH, see conftest), so this process's in-process calls can use it too.
+    token = Path(os.environ[raycompat.AUTH_TOKEN_PATH]).read_text().strip()
+    token_env: dict[str, str | None] = {raycompat.AUTH_TOKEN: token, raycompat.AUTH_TOKEN_PATH: None}
+    head_block, worker_block = random.sample(DIRECT_INGRESS_BLOCKS, 2)
+    ports = {"head": NodePorts.pick(head_block), "worker": NodePorts.pick(worker_block)}
     head_env = {
+        **token_env,
         "RAY_GCS_PORT": str(gcs_port),
         "RAY_DASHBOARD_PORT": str(dashboard_port),
         "RAY_NUM_CPUS": "2",
         "RAY_NUM_GPUS": "1",
         "RAY_TEMP_DIR": str(logs / "ray"),
-        **haproxy_ports(),
+        **ports["head"].env(),
     }
     worker_env = {
+        **token_env,
         "RAY_HEAD_ADDRESS": f"127.0.0.1:{gcs_port}",
         "RAY_NUM_CPUS": "2",
         "RAY_NUM_GPUS": "1",
-        "MODELSERVE_WORKER_HTTP_PORT": str(late_port()),
-        **haproxy_ports(),
+        "MODELSERVE_WORKER_HTTP_PORT": str(worker_http_port),
+        **ports["worker"].env(),
     }
     cluster = TwoNodes(
         start_node("head", head_env, logs / "head.log"),
@@ -121,8 +166,11 @@ def nodes() -> Iterator[TwoNodes]:
         f"127.0.0.1:{gcs_port}",
         f"http://127.0.0.1:{dashboard_port}",
         http_port,
+        worker_http_port,
+        token_env,
         head_env,
         worker_env,
+        ports,
         logs,
     )
     try:
@@ -134,6 +182,7 @@ def nodes() -> Iterator[TwoNodes]:
         for proc in (cluster.worker, cluster.head):
             if proc is not None:
                 stop_session(proc.pid)
+                proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +191,16 @@ def conf(nodes: TwoNodes, tmp_path_factory: pytest.TempPathFactory) -> Path:
     serve = {"port": nodes.http_port, "address": nodes.dashboard_url, "deploy_timeout_s": 180}
     path = write_conf(project, serve, SPREAD, PINNED, PACKED)
     assert main(["-c", str(path)]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def gcs_conf(nodes: TwoNodes, conf: Path) -> Path:
+    """The same file with the README's `address = <head ip>:6379` (the GCS port of the test's head)."""
+    text = conf.read_text()
+    assert f"address = {nodes.dashboard_url}\n" in text
+    path = conf.parent / "gcs.ini"
+    path.write_text(text.replace(f"address = {nodes.dashboard_url}\n", f"address = {nodes.gcs}\n"))
     return path
 
 
@@ -160,53 +219,34 @@ def test_gpu_fractions_pack_two_replicas_per_gpu_on_each_node(nodes: TwoNodes, c
     assert sorted(replicas_per_node(nodes, "AlgoExample").values()) == [2, 2]
 
 
-def test_status_shows_the_node_of_each_replica(nodes: TwoNodes, conf: Path) -> None:
-    gcs_conf = conf.parent / "gcs.ini"
-    gcs_conf.write_text(conf.read_text().replace(f"address = {nodes.dashboard_url}", f"address = {nodes.gcs}"))
-    result = subprocess.run(
-        [sys.executable, str(REPO / "controller.py"), "status", "-c", str(gcs_conf)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+def test_a_controller_given_the_token_applies_by_gcs_address(nodes: TwoNodes, gcs_conf: Path) -> None:
+    """`RAY_AUTH_TOKEN=... python controller.py` with `address = <head>:<gcs port>`, as the README says."""
+    assert requests.get(f"{nodes.dashboard_url}/nodes?view=summary", timeout=5).status_code in (401, 403)
+    result = controller("-c", str(gcs_conf), env=nodes.token_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(re.findall(r"^\s+unchanged  ", result.stdout, re.M)) == 3, result.stdout
+
+
+def test_status_shows_the_node_of_each_replica(nodes: TwoNodes, gcs_conf: Path) -> None:
+    result = controller("status", "-c", str(gcs_conf), env=nodes.token_env, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     row = next(line for line in result.stdout.splitlines() if line.startswith("algopkg.AlgoExample "))
     assert "4/4" in row and len(re.findall(r"[\d.]+/[0-9a-f]{6} x2", row)) == 2, row
 
 
 def test_losing_a_worker_keeps_serving_and_rejoining_restores_replicas(nodes: TwoNodes, conf: Path) -> None:
-    url = f"http://127.0.0.1:{nodes.http_port}/echo"
-    codes: list[tuple[float, int]] = []
-    stop = threading.Event()
-
-    def client() -> None:
-        while not stop.is_set() and len(codes) < 20000:
-            try:
-                status = call(url, {"n": 1}, timeout=10).status
-            except OSError:  # the connection was lost: a failed request too
-                status = 0
-            codes.append((time.monotonic(), status))
-
-    threads = [threading.Thread(target=client) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    try:
+    with Load(f"http://127.0.0.1:{nodes.http_port}/echo", clients=4) as load:
         time.sleep(2)
         killed_at = time.monotonic()
         nodes.crash_worker()
         wait_for(lambda: alive_nodes(nodes.dashboard_url) == 1, 90, "the head to see the worker gone")
         wait_for(lambda: sum(replicas_per_node(nodes, "Echo").values()) == 2, 120, "a replacement replica on the head")
         time.sleep(2)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=30)
-    failed = [status for _, status in codes if status != 200]
-    after = [status for t, status in codes if t > killed_at]
-    print(f"\nrequests {len(codes)}, after the kill {len(after)}, failed {len(failed)}: {Counter(failed)}")
+    failed = [status for status in load.codes if status != 200]
+    after = [status for t, status in load.results if t > killed_at]
+    print(f"\nrequests {len(load.results)}, after the kill {len(after)}, failed {len(failed)}: {Counter(failed)}")
     assert len(after) > 50 and after[-20:] == [200] * 20
-    assert len(failed) <= 4  # at most the requests in flight on the lost node (4 clients)
+    assert len(failed) <= 4, load.failures[:8]  # at most the requests in flight on the lost node (4 clients)
     assert sum(replicas_per_node(nodes, "Echo:pinned").values()) == 1  # one per node: waits for a node
     nodes.start_worker()
     wait_for(lambda: alive_nodes(nodes.dashboard_url) == 2, 90, "the worker to rejoin")
@@ -214,23 +254,115 @@ def test_losing_a_worker_keeps_serving_and_rejoining_restores_replicas(nodes: Tw
     assert call(f"http://127.0.0.1:{nodes.http_port}/pinned", {"n": 1}).status == 200
 
 
-def listens_on(sid: int, process: str, ports: set[int]) -> bool:
-    return ports <= {port for name, _, port in listeners(sid) if name.startswith(process)}
+def node_pid(nodes: TwoNodes, role: str) -> int:
+    proc = nodes.head if role == "head" else nodes.worker
+    assert proc is not None
+    return proc.pid
+
+
+def start_flags(pid: int) -> dict[str, str]:
+    """The `--flag=value` arguments of a process (a node's `ray start`, a raylet)."""
+    return dict(a[2:].split("=", 1) for a in psutil.Process(pid).cmdline() if a.startswith("--") and "=" in a)
+
+
+def raylet_ports(nodes: TwoNodes) -> dict[str, set[int]]:
+    """The node manager and object manager ports of each live raylet, by role (Ray picks them)."""
+    ports = {}
+    for raylet in alive_raylets(nodes.dashboard_url):
+        role = "head" if raylet.get("isHeadNode") else "worker"
+        ports[role] = {int(raylet["nodeManagerPort"]), int(raylet["objectManagerPort"])}
+    return ports
+
+
+#: Prometheus pages Ray 2.60's head serves on all interfaces at fixed ports (the dashboard's
+#: DASHBOARD_METRIC_PORT, the autoscaler monitor's AUTOSCALER_METRIC_PORT).
+DASHBOARD_METRICS_PORT, AUTOSCALER_METRICS_PORT = 44227, 44217
+
+
+def known_public(nodes: TwoNodes, role: str, raylet: set[int]) -> dict[tuple[str, int], str]:
+    """(process, port) -> what it is, for every listener a node may open beyond loopback."""
+    flags, ports = start_flags(node_pid(nodes, role)), nodes.ports[role]
+    known = {("raylet", port): "raylet (node and object manager)" for port in raylet}
+    known |= {
+        ("ray::DashboardAgent", int(flags["metrics-export-port"])): "agent: metrics export",
+        ("ray::DashboardAgent", int(flags["dashboard-agent-listen-port"])): "agent: HTTP",
+        ("ray::DashboardAgent", int(flags["dashboard-agent-grpc-port"])): "agent: gRPC",
+        ("ray::RuntimeEnvAgent", int(flags["runtime-env-agent-port"])): "runtime env agent",
+        ("haproxy", ports.stats): "HAProxy stats page",
+        ("haproxy", ports.metrics): "HAProxy Prometheus page",
+    }
+    if role == "head":
+        known |= {
+            ("gcs_server", int(flags["port"])): "GCS",
+            ("ray.util.client.server", int(flags["ray-client-server-port"])): "Ray Client server",
+            ("dashboard.py", DASHBOARD_METRICS_PORT): "dashboard: Prometheus page",
+            ("monitor.py", AUTOSCALER_METRICS_PORT): "autoscaler: Prometheus page",
+        }
+    return known
+
+
+BETWEEN_DEPLOYMENTS = "a replica's gRPC server for calls between deployments (Ray binds [::]:0)"
+
+
+def what_is(found: Listener, known: dict[tuple[str, int], str], worker_ports: range, block: range) -> str | None:
+    if (found.name, found.port) in known:
+        return known[(found.name, found.port)]
+    if found.name.startswith(("ray::", "ray-dashboard-")) and found.port in worker_ports:
+        return "a Ray worker's gRPC server"
+    if found.name.startswith("ray::ServeReplica:") and found.port not in block:
+        return BETWEEN_DEPLOYMENTS
+    return None
+
+
+def describe(found: list[Listener], label: dict[Listener, str | None]) -> str:
+    return "\n".join(f"  {f.name[:40]:40} {f.ip:>15}:{f.port:<6} {label.get(f) or ''}" for f in found)
+
+
+def serving(sid: int, ports: NodePorts, http_port: int, block: range) -> list[Listener] | None:
+    """A node's listeners once its HAProxy and every replica on it listen (HAProxy starts after the deploy)."""
+    found = listeners(sid)
+    haproxy = {f.port for f in found if f.name == "haproxy"}
+    replicas = {f.pid for f in found if f.name.startswith("ray::ServeReplica:")}
+    direct = {f.pid for f in found if f.port in block}
+    return found if {ports.stats, ports.metrics, http_port} <= haproxy and replicas and replicas <= direct else None
+
+
+def worker_port_range(sid: int) -> range:
+    """The ports the node's raylet gives its workers' gRPC servers."""
+    raylet = next(p for p in psutil.Process(sid).children(recursive=True) if p.name() == "raylet")
+    flags = start_flags(raylet.pid)
+    return range(int(flags["min_worker_port"]), int(flags["max_worker_port"]) + 1)
 
 
 def test_what_listens_where(nodes: TwoNodes, conf: Path) -> None:
-    """The dashboard and the HTTP port stay on loopback; what Ray opens on all interfaces is known."""
-    found = listeners(nodes.head.pid)
+    """HTTP, the dashboard and the replicas' own ports stay on loopback; what listens beyond it is known."""
     dashboard_port = int(nodes.dashboard_url.rsplit(":", 1)[1])
-    print("\n" + "\n".join(f"  {name:28} {ip:>15}:{port}" for name, ip, port in found))
-    assert {ip for _, ip, port in found if port == dashboard_port} == {"127.0.0.1"}
-    assert {ip for _, ip, port in found if port == nodes.http_port} == {"127.0.0.1"}
-    public = {name for name, ip, _ in found if ip in ("0.0.0.0", "::")}
-    # Ray 2.60's own gRPC servers (token-protected) and HAProxy's read-only stats/metrics pages.
-    known = ("gcs_server", "raylet", "haproxy", "ray::", "ray-dashboard", "python")
-    assert public and all(name.startswith(known) for name in public), public
-    # Each node's HAProxy serves its stats and metrics on the ports that node was given.
-    assert nodes.worker is not None
-    for pid, env in ((nodes.head.pid, nodes.head_env), (nodes.worker.pid, nodes.worker_env)):
-        given = {int(env[f"RAY_SERVE_HAPROXY_{kind}_PORT"]) for kind in ("STATS", "METRICS")}
-        wait_for(partial(listens_on, pid, "haproxy", given), 30, f"HAProxy to listen on {given}")
+    http_ports = {"head": nodes.http_port, "worker": nodes.worker_http_port}
+    raylets = raylet_ports(nodes)
+    block = nodes.ports["head"].direct_http  # every replica's, on either node (see NodePorts)
+    for role in ("head", "worker"):
+        sid, ports = node_pid(nodes, role), nodes.ports[role]
+        environ = psutil.Process(sid).environ()
+        assert {k: environ.get(k) for k in ports.env()} == ports.env()  # the node started with its ports
+        try:
+            found = wait_for(partial(serving, sid, ports, http_ports[role], block), 60, f"the {role}'s HAProxy")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc} ({ports}, HTTP {http_ports[role]}):\n{describe(listeners(sid), {})}") from None
+        known = known_public(nodes, role, raylets[role])
+        label = {f: what_is(f, known, worker_port_range(sid), block) for f in found if f.public}
+        print(f"\n{role} (session {sid}), replicas' ports {block}:\n{describe(found, label)}")
+
+        assert {(f.name, f.ip) for f in found if f.port == http_ports[role]} == {("haproxy", "127.0.0.1")}
+        if role == "head":
+            assert {f.ip for f in found if f.port == dashboard_port} == {"127.0.0.1"}
+        # Each replica serves HAProxy on one port of the block, on loopback only.
+        direct = [f for f in found if f.port in block]
+        replicas = {f.pid for f in found if f.name.startswith("ray::ServeReplica:")}
+        assert {f.pid for f in direct} == replicas and len(direct) == len(replicas), direct
+        assert all(f.name.startswith("ray::ServeReplica:") and f.ip == "127.0.0.1" for f in direct), direct
+        # Beyond loopback only what is known: HAProxy on exactly its two pages, at most one
+        # gRPC port per replica besides its worker's.
+        assert not [f for f, what in label.items() if what is None], f"unknown listeners on the {role}: {label}"
+        assert {f.port for f in label if f.name == "haproxy"} == {ports.stats, ports.metrics}
+        between = Counter(f.pid for f, what in label.items() if what == BETWEEN_DEPLOYMENTS)
+        assert set(between.values()) <= {1}, between

@@ -1,18 +1,35 @@
-"""A real local Ray cluster, real HTTP: deploy, call, update in place, roll out, fail, remove."""
+"""A real local Ray cluster, real HTTP: deploy, call, update in place, roll out, fail, remove.
+
+The module owns its cluster and its applications: `deployed` applies the base sections once,
+and a test that changes them puts them back, so any test can run alone.
+"""
 
 from __future__ import annotations
 
 import json
 import re
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ECHO_SECTION, FIXTURES, TestCluster, call, make_project, session_commands, wait_for, write_conf
+from helpers import (
+    ECHO_SECTION,
+    FIXTURES,
+    Load,
+    TestCluster,
+    assert_error_envelope,
+    call,
+    controller_in_process,
+    make_project,
+    session_commands,
+    wait_for,
+    write_conf,
+)
 
-from modelserve.cli import main
+from modelserve import raycompat
+from modelserve.cluster import Cluster
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +44,14 @@ gpu_cost = 0.5
 """
 SMALL = EXAMPLE.replace("[algopkg.AlgoExample]", "[algopkg.AlgoExample:small]").replace("extract", "small")
 ECHO = ECHO_SECTION
+BASE = (EXAMPLE, SMALL, ECHO)
 SAMPLES = json.loads((FIXTURES / "digits_samples.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def cluster_options() -> dict[str, Any]:
+    """Three sections of half a CPU (two with half a GPU), room for all to roll out at once and a fourth."""
+    return {"num_cpus": 4, "num_gpus": 2}
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +59,22 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_project(tmp_path_factory.mktemp("project"))
 
 
-def apply(
-    project: Path, cluster: TestCluster, capsys: pytest.CaptureFixture[str], *sections: str, **serve: str
-) -> tuple[int, str]:
+def apply(project: Path, cluster: TestCluster, *sections: str, **serve: Any) -> tuple[int, str]:
+    """`controller.py -c conf.ini` in-process; its exit code and everything it printed."""
     conf = write_conf(project, {**cluster.serve(), **serve}, *sections)
-    code = main(["-c", str(conf)])
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+    code, out = controller_in_process("-c", str(conf))
+    return code, out
+
+
+@pytest.fixture(scope="module")
+def deployed(project: Path, cluster: TestCluster) -> str:
+    """The base sections, applied once for the module; what the apply printed."""
+    code, out = apply(project, cluster, *BASE)
+    assert code == 0, out
+    return out
 
 
 def replica_pids(cluster: TestCluster, app: str) -> set[int]:
-    from modelserve.cluster import Cluster
-
     details = Cluster(cluster.dashboard_url).details()
     deployments = details["applications"][app]["deployments"].values()
     return {r["pid"] for d in deployments for r in d["replicas"] if r["state"] == "RUNNING"}
@@ -58,19 +86,15 @@ def echo(cluster: TestCluster, **params: Any) -> dict[str, Any]:
     return reply.body["result"]  # type: ignore[no-any-return]
 
 
-def test_deploy_sections_sharing_a_gpu(project: Path, cluster: TestCluster, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out = apply(project, cluster, capsys, EXAMPLE, SMALL, ECHO)
-    assert code == 0, out
-    assert re.search(r"algopkg.AlgoExample:small\s+http://127.0.0.1:\d+/small\s+1/1\s+HEALTHY", out), out
-    from modelserve.cluster import Cluster
-
+def test_deploy_sections_sharing_a_gpu(cluster: TestCluster, deployed: str) -> None:
+    assert re.search(r"algopkg.AlgoExample:small\s+http://127.0.0.1:\d+/small\s+1/1\s+HEALTHY", deployed), deployed
     details = Cluster(cluster.dashboard_url).details()["applications"]
     for app in ("AlgoExample", "AlgoExample:small"):
         (deployment,) = details[app]["deployments"].values()
         assert deployment["required_resources"]["GPU"] == 0.5
 
 
-def test_the_example_model_classifies_digits(cluster: TestCluster) -> None:
+def test_the_example_model_classifies_digits(cluster: TestCluster, deployed: str) -> None:
     correct = 0
     for sample in SAMPLES:
         reply = call(f"{cluster.base_url}/extract", {"x": sample["x"]})
@@ -83,53 +107,50 @@ def test_the_example_model_classifies_digits(cluster: TestCluster) -> None:
     assert small.body["result"]["class"] == SAMPLES[0]["label"]
 
 
-def test_http_errors_are_json_envelopes(cluster: TestCluster) -> None:
+def test_http_errors_are_json_envelopes(cluster: TestCluster, deployed: str) -> None:
     base = cluster.base_url
-    bad_json = call(f"{base}/extract", raw=b"{not json")
-    assert bad_json.status == 400 and bad_json.body["error"]["type"] == "BadRequest"
+    assert_error_envelope(call(f"{base}/extract", raw=b"{not json"), 400, "BadRequest", "not valid JSON")
     wrong_method = call(f"{base}/echo", method="GET")
-    assert wrong_method.status == 405 and wrong_method.headers["allow"] == "POST"
-    bad_params = call(f"{base}/extract", {"x": [1, 2]})
-    assert bad_params.status == 400 and "64 pixel values" in bad_params.body["error"]["message"]
+    assert_error_envelope(wrong_method, 405, "MethodNotAllowed", "GET is not accepted here; use POST")
+    assert wrong_method.headers["allow"] == "POST"
+    assert_error_envelope(call(f"{base}/extract", {"x": [1, 2]}), 400, "BadRequest", "64 pixel values")
     failing = call(f"{base}/echo", {"fail": True})
-    assert failing.status == 500 and failing.body["status"] == 0
-    assert failing.body["error"] == {
-        "type": "ModelError",
-        "message": "the model failed on this request: ValueError: asked to fail",
-    }
-    assert "Traceback" not in json.dumps(failing.body) and failing.body["request_id"]
-    assert call(f"{base}/echo", {"bad": True}).status == 400
-    assert call(f"{base}/echo/nope", {}).status == 404
+    assert_error_envelope(failing, 500, "ModelError")
+    assert failing.body["error"]["message"] == "the model failed on this request: ValueError: asked to fail"
+    assert "Traceback" not in json.dumps(failing.body)
+    assert_error_envelope(call(f"{base}/echo", {"bad": True}), 400, "BadRequest", "bad params")
+    assert_error_envelope(call(f"{base}/echo/nope", {}), 404, "NotFound", "no such path")
     assert call(f"{base}/extract", {"x": SAMPLES[0]["x"]}).status == 200  # other routes keep serving
 
 
-def test_the_default_ingress_is_haproxy(cluster: TestCluster) -> None:
+def test_the_default_ingress_is_haproxy(cluster: TestCluster, deployed: str) -> None:
     assert "haproxy" in session_commands(cluster.proc.pid)
 
 
-def test_query_string_health_and_ping(cluster: TestCluster) -> None:
+def test_query_string_health_and_ping(cluster: TestCluster, deployed: str) -> None:
     reply = call(f"{cluster.base_url}/extract?x=1", method="GET")
-    assert reply.status == 400 and "64 pixel values" in reply.body["error"]["message"]
+    assert_error_envelope(reply, 400, "BadRequest", "64 pixel values")
     ping = call(f"{cluster.base_url}/extract/ping", method="GET")
     assert ping.status == 200 and ping.body["result"] == "pong"
     assert call(f"{cluster.base_url}/-/healthz", method="GET").status == 200
 
 
-def test_model_files_and_env_reach_the_backend(project: Path, cluster: TestCluster) -> None:
+def test_model_files_and_env_reach_the_backend(project: Path, cluster: TestCluster, deployed: str) -> None:
     result = echo(cluster, hello="world")
-    assert result["params"] == {"hello": "world"} and result["model"] == ["echo-model-v1"]
+    model_file = project / "Model_ZOO" / "echo_model.txt"
+    assert result["params"] == {"hello": "world"} and result["model"] == [model_file.read_text().strip()]
     assert result["env"] == {
         "MODEL_ZOO": str(project / "Model_ZOO"),
         "MODEL_NAME": "Echo",
         "MODEL_FILES": "echo_model.txt",
     }
-    assert result["serve_env"] == {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_LOG_TO_STDERR": "0"}
+    assert result["serve_env"] == raycompat.replica_env()
 
 
-def test_a_model_error_is_logged_with_its_traceback_not_sent(cluster: TestCluster) -> None:
+def test_a_model_error_is_logged_with_its_traceback_not_sent(cluster: TestCluster, deployed: str) -> None:
     (log,) = echo(cluster)["log_files"]
     reply = call(f"{cluster.base_url}/echo", {"fail": True})
-    assert reply.status == 500 and "Traceback" not in json.dumps(reply.body)
+    assert_error_envelope(reply, 500, "ModelError", "asked to fail")
     request_id = reply.body["request_id"]
 
     def logged() -> bool:
@@ -139,118 +160,126 @@ def test_a_model_error_is_logged_with_its_traceback_not_sent(cluster: TestCluste
     wait_for(logged, timeout_s=10, what=f"the traceback of request {request_id} in {log}")
 
 
-def test_unchanged_reapply_restarts_nothing(
-    project: Path, cluster: TestCluster, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_unchanged_reapply_restarts_nothing(project: Path, cluster: TestCluster, deployed: str) -> None:
     before = replica_pids(cluster, "Echo") | replica_pids(cluster, "AlgoExample")
-    code, out = apply(project, cluster, capsys, EXAMPLE, SMALL, ECHO)
+    code, out = apply(project, cluster, *BASE)
     assert code == 0 and len(re.findall(r"^\s+unchanged  ", out, re.M)) == 3, out
     assert replica_pids(cluster, "Echo") | replica_pids(cluster, "AlgoExample") == before
 
 
-def test_replicas_and_user_config_update_in_place(
-    project: Path, cluster: TestCluster, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_replicas_and_user_config_update_in_place(project: Path, cluster: TestCluster, deployed: str) -> None:
     (old_pid,) = replica_pids(cluster, "Echo")
     changed = ECHO + 'replicas = 2\nuser_config = {"threshold": 0.7}\n'
-    code, out = apply(project, cluster, capsys, EXAMPLE, SMALL, changed)
-    assert code == 0 and "update in place  Echo" in out, out
-    pids = replica_pids(cluster, "Echo")
-    assert len(pids) == 2 and old_pid in pids
-    seen = {echo(cluster)["pid"]: echo(cluster)["config"] for _ in range(20)}
-    assert all(config == {"threshold": 0.7} for config in seen.values())
+    try:
+        code, out = apply(project, cluster, EXAMPLE, SMALL, changed)
+        assert code == 0 and "update in place  Echo" in out, out
+        pids = replica_pids(cluster, "Echo")
+        assert len(pids) == 2 and old_pid in pids
+        # Overlapping requests, so HAProxy (least connections) sends them to both replicas.
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: echo(cluster, sleep_s=0.2), range(16)))
+        assert {a["pid"] for a in answers} == pids  # both replicas answered, the old one too
+        assert all(a["config"] == {"threshold": 0.7} for a in answers), [(a["pid"], a["config"]) for a in answers]
+    finally:
+        code, out = apply(project, cluster, *BASE)
+        assert code == 0, out
 
 
-def test_access_log_is_off_by_default_and_turns_on_in_place(
-    project: Path, cluster: TestCluster, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_access_log_is_off_by_default_and_turns_on_in_place(project: Path, cluster: TestCluster, deployed: str) -> None:
     def access_logged(reply: Any) -> bool:
         (log,) = reply.body["result"]["log_files"]
         lines = Path(log).read_text().splitlines()
         return any(reply.body["request_id"] in line and "POST /echo 200" in line for line in lines)
 
-    code, out = apply(project, cluster, capsys, EXAMPLE, SMALL, ECHO)
-    assert code == 0, out
     before = replica_pids(cluster, "Echo")
     quiet = call(f"{cluster.base_url}/echo", {"n": 1})
     time.sleep(1)
     assert quiet.status == 200 and not access_logged(quiet)
 
-    code, out = apply(project, cluster, capsys, EXAMPLE, SMALL, ECHO, access_log="on")
-    assert code == 0 and "update in place  Echo" in out, out
-    assert replica_pids(cluster, "Echo") == before
-    loud = call(f"{cluster.base_url}/echo", {"n": 2})
-    assert loud.status == 200
-    wait_for(lambda: access_logged(loud), timeout_s=10, what="an access-log line for the request")
-
-    code, out = apply(project, cluster, capsys, EXAMPLE, SMALL, ECHO)
+    try:
+        code, out = apply(project, cluster, *BASE, access_log="on")
+        assert code == 0 and "update in place  Echo" in out, out
+        assert replica_pids(cluster, "Echo") == before
+        loud = call(f"{cluster.base_url}/echo", {"n": 2})
+        assert loud.status == 200
+        wait_for(lambda: access_logged(loud), timeout_s=10, what="an access-log line for the request")
+    finally:
+        code, out = apply(project, cluster, *BASE)
     assert code == 0 and replica_pids(cluster, "Echo") == before, out
 
 
-class Load:
-    """A bounded background client counting answers while a change is applied."""
-
-    def __init__(self, url: str, max_requests: int = 5000) -> None:
-        self.url, self.max_requests = url, max_requests
-        self.codes: list[int] = []
-        self.failures: list[object] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set() and len(self.codes) < self.max_requests:
-            reply = call(self.url, {"n": len(self.codes)}, timeout=10)
-            self.codes.append(reply.status)
-            if reply.status != 200:
-                self.failures.append((time.monotonic(), reply.status, reply.body))
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-
-def test_code_change_rolls_out_without_dropping_requests(
-    project: Path, cluster: TestCluster, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_code_change_rolls_out_without_dropping_requests(project: Path, cluster: TestCluster, deployed: str) -> None:
     backend = project / "algopkg" / "Echo" / "backend.py"
-    backend.write_text(backend.read_text().replace("VERSION = 1", "VERSION = 2"))
+    version = echo(cluster)["version"]
+    backend.write_text(backend.read_text().replace(f"VERSION = {version}\n", f"VERSION = {version + 1}\n"))
     with Load(f"{cluster.base_url}/echo") as load:
-        code, out = apply(project, cluster, capsys, EXAMPLE, SMALL, ECHO)
+        code, out = apply(project, cluster, *BASE)
     assert code == 0 and "roll out  Echo" in out, out
     assert len(load.codes) > 10 and set(load.codes) == {200}, load.failures[:5]
-    assert {echo(cluster)["version"] for _ in range(10)} == {2}
+    assert {echo(cluster)["version"] for _ in range(10)} == {version + 1}
 
 
-def test_model_file_change_rolls_out(project: Path, cluster: TestCluster, capsys: pytest.CaptureFixture[str]) -> None:
+def test_model_file_change_rolls_out(project: Path, cluster: TestCluster, deployed: str) -> None:
     (project / "Model_ZOO" / "echo_model.txt").write_text("echo-model-v2\n")
-    code, out = apply(project, cluster, capsys, EXAMPLE, SMALL, ECHO)
+    code, out = apply(project, cluster, *BASE)
     assert code == 0 and "roll out  Echo" in out, out
     assert echo(cluster)["model"] == ["echo-model-v2"]
 
 
-def test_failed_load_keeps_the_running_version(
-    project: Path, cluster: TestCluster, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_failed_load_keeps_the_running_version(project: Path, cluster: TestCluster, deployed: str) -> None:
     backend = project / "algopkg" / "Echo" / "backend.py"
     good = backend.read_text()
+    version = echo(cluster)["version"]
     backend.write_text(good.replace("FAIL_LOAD = False", "FAIL_LOAD = True"))
     try:
         with Load(f"{cluster.base_url}/echo") as load:
-            code, out = apply(project, cluster, capsys, EXAMPLE, SMALL, ECHO)
+            code, out = apply(project, cluster, *BASE)
         assert code == 1, out
-        assert "[algopkg.Echo] is DEPLOY_FAILED" in out and "echo model is corrupted" in out
-        assert set(load.codes) == {200}, load.failures[:5]
-        assert echo(cluster)["version"] == 2
+        assert "[algopkg.Echo] was DEPLOY_FAILED, rolled back" in out and "echo model is corrupted" in out
+        assert len(load.codes) > 10 and set(load.codes) == {200}, load.failures[:5]
+        assert echo(cluster)["version"] == version
     finally:
         backend.write_text(good)
+        code, out = apply(project, cluster, *BASE)
+        assert code == 0, out
 
 
-def test_removed_section_answers_404(project: Path, cluster: TestCluster, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out = apply(project, cluster, capsys, EXAMPLE, ECHO)
-    assert code == 0 and "remove  AlgoExample:small" in out, out
-    wait_for(lambda: call(f"{cluster.base_url}/small", {"x": SAMPLES[0]["x"]}).status == 404, 30, "/small to be gone")
+def test_a_rejected_user_config_is_rolled_back_and_loses_no_capacity(
+    project: Path, cluster: TestCluster, deployed: str
+) -> None:
+    """Two replicas; a `user_config` their `reconfigure` rejects, applied under load."""
+    two = ECHO + 'replicas = 2\nuser_config = {"lowercase": true}\n'
+    try:
+        code, out = apply(project, cluster, EXAMPLE, SMALL, two)
+        assert code == 0, out
+        pids = replica_pids(cluster, "Echo")
+        with Load(f"{cluster.base_url}/echo", clients=8) as load:
+            code, out = apply(project, cluster, EXAMPLE, SMALL, two.replace("true", '"yes"'))
+        failed = [status for status in load.codes if status != 200]
+        print(f"\nrejected user_config under load: {len(load.codes)} requests, {len(failed)} failed")
+        assert code == 1, out
+        assert (
+            "[algopkg.Echo] was DEPLOY_FAILED, rolled back to its last good configuration: "
+            "ValueError: lowercase must be true or false, not 'yes'"
+        ) in out, out
+        assert "Traceback" not in out
+        assert re.search(r"algopkg.Echo\s+\S+/echo\s+2/2\s+HEALTHY", out), out
+        assert failed == [], load.failures[:5]
+        status = controller_in_process("status", "-c", str(project / "conf.ini"))
+        assert re.search(r"algopkg.Echo\s+\S+/echo\s+2/2\s+HEALTHY", status[1]), status
+        answers = {echo(cluster)["config"]["lowercase"] for _ in range(10)}
+        assert answers == {True} and len(replica_pids(cluster, "Echo")) == 2, (answers, pids)
+    finally:
+        code, out = apply(project, cluster, *BASE)
+        assert code == 0, out
+
+
+def test_removed_section_answers_404(project: Path, cluster: TestCluster, deployed: str) -> None:
+    extra = ECHO.replace("[algopkg.Echo]", "[algopkg.Echo:extra]").replace("route = echo", "route = extra")
+    code, out = apply(project, cluster, *BASE, extra)
+    assert code == 0 and call(f"{cluster.base_url}/extra", {}).status == 200, out
+    code, out = apply(project, cluster, *BASE)
+    assert code == 0 and "remove  Echo:extra" in out, out
+    # No section owns the path any more: the answer is Ray's own 404, not an envelope.
+    wait_for(lambda: call(f"{cluster.base_url}/extra", {}).status == 404, 30, "/extra to be gone")
     assert call(f"{cluster.base_url}/extract", {"x": SAMPLES[0]["x"]}).status == 200
