@@ -93,11 +93,10 @@ def wait_routed(base_url: str, routes: list[str], settle_s: float = 1.0, timeout
     in a row. Serve reports a section healthy a moment before its ingress reloads with the route;
     a user's first call must not get a 404. False where the port cannot be reached from here
     (a remote head that listens on its own loopback) or the routes never settle."""
-    deadline = time.monotonic() + timeout_s
-    since = time.monotonic()
+    start = since = time.monotonic()
     reached = False
     while time.monotonic() - since < settle_s:
-        if time.monotonic() > deadline or (not reached and time.monotonic() - since > 3):
+        if time.monotonic() - start > timeout_s or (not reached and time.monotonic() - start > 3):
             return False
         try:
             ok = all(_pings(f"{base_url}/{route}/ping") for route in routes)

@@ -80,7 +80,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def _report(rows: list[status.Row], details: bool = False) -> int:
     """Print the table; with `details`, the cluster's message of each unhealthy section too."""
     print(status.table(rows), flush=True)
-    failed = [r for r in rows if not r.healthy]
+    failed = [r for r in rows if not r.healthy and r.status != "DELETING"]  # being removed is no failure
     for row in failed if details else []:
         print(f"\n[{row.section}] is {row.status}:\n{row.message or '(no message from the cluster)'}", file=sys.stderr)
     return EXIT_UNHEALTHY if failed else 0

@@ -158,6 +158,27 @@ def test_a_model_error_is_logged_with_its_traceback_not_sent(cluster: TestCluste
         return request_id in text and "Traceback" in text.split(request_id, 1)[1][:4000]
 
     wait_for(logged, timeout_s=10, what=f"the traceback of request {request_id} in {log}")
+    after = Path(log).read_text().split(request_id, 1)[1]
+    assert (
+        "\nTraceback (most recent call last):\n  File " in after and "('Traceback" not in after
+    )  # as Python prints it
+    assert "\nValueError: asked to fail\n" in after
+
+
+def test_controller_logs_shows_a_section_s_replica_logs(project: Path, cluster: TestCluster, deployed: str) -> None:
+    reply = call(f"{cluster.base_url}/echo", {"fail": True})
+    replica = reply.headers["x-modelserve-replica"]
+    conf = str(project / "conf.ini")
+
+    def shown() -> str:
+        code, out = controller_in_process("logs", "algopkg.Echo", "-n", "200", "-c", conf)
+        assert code == 0, out
+        return out if reply.body["request_id"] in out else ""
+
+    out = wait_for(shown, timeout_s=10, what="the failed request in `controller.py logs`")
+    assert f"==> replica {replica} on " in out and "ValueError: asked to fail" in out
+    code, out = controller_in_process("logs", "Nope", "-c", conf)
+    assert code == 2 and "logs: no section 'Nope' runs on the cluster (running: algopkg.AlgoExample" in out
 
 
 def test_unchanged_reapply_restarts_nothing(project: Path, cluster: TestCluster, deployed: str) -> None:

@@ -175,3 +175,33 @@ def test_a_section_that_fails_its_update_gets_its_last_good_configuration_back(
     ) in captured.err
     assert "Traceback" not in captured.err
     assert traceback in (tmp_path / ".modelserve" / "last_errors.log").read_text()
+
+
+def test_bench_errors_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = write_conf(make_project(tmp_path), {}, ECHO)
+    assert main(["bench", "nope", "-c", str(conf), "-n", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "bench: no section serves route 'nope' (routes: echo)" in err and "nothing was changed" not in err
+    assert main(["bench", "echo", "-c", str(conf), "--body", str(tmp_path / "absent.json")]) == 2
+    assert "bench: --body" in capsys.readouterr().err
+
+
+def test_status_piped_into_head_ends_without_a_traceback(fake, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    fake.details["applications"] = {f"Echo:{i}": healthy() for i in range(3000)}  # far more than a pipe holds
+    conf = write_conf(make_project(tmp_path), {"address": fake.url}, ECHO)
+    result = subprocess.run(
+        f"{sys.executable} {Path(__file__).resolve().parents[2] / 'controller.py'} status -c {conf} | head -1",
+        shell=True, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.stdout.startswith("SECTION") and result.stdout.count("\n") == 1
+    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
+
+
+def test_sections_being_removed_are_not_failures(fake, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.details["applications"] = {"Echo": {"status": "DELETING", "deployed_app_config": None, "deployments": {}}}
+    conf = write_conf(make_project(tmp_path), {"address": fake.url}, ECHO)
+    assert main(["status", "-c", str(conf)]) == 0
+    assert re.search(r"algopkg.Echo\s+\S*\s+0/0\s+DELETING", capsys.readouterr().out)

@@ -35,3 +35,34 @@ def test_percentiles_and_summary() -> None:
     summary = bench.summarize(tally, 2.0)
     assert (summary.requests, summary.rps, summary.p50_ms, summary.max_ms) == (5, 2.5, 2.0, 4.0)
     assert "non-2xx 1  errors 1" in summary.render()
+
+
+def test_bench_sends_exactly_the_requests_asked_for() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(1)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        summary = bench.run(url, {"x": 1}, concurrency=8, duration_s=30, max_requests=200, progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert summary.requests == 200 and len(seen) == 200 and summary.non_2xx == summary.errors == 0
