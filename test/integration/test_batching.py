@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -110,3 +111,35 @@ def test_a_result_slot_may_fail_its_request_alone(conf: Path, cluster: TestClust
     assert_error_envelope(replies[2], 400, "BadRequest", "request 2 is rejected")
     assert [r.status for i, r in enumerate(replies) if i != 2] == [200] * 7
     assert max(r.body["result"]["batch_size"] for i, r in enumerate(replies) if i != 2) > 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            "gpu_cost = 1\n",
+            "[algopkg.Echo] gpu_cost = 1: each replica needs 1 GPU, and no node of the cluster has more",
+        ),
+        (
+            "replicas = 2\ncpu_cost = 1\n",
+            "the sections need 2.5 CPU in all ([algopkg.Batcher] 1 x 0.5, [algopkg.Echo] 2 x 1",
+        ),
+    ],
+)
+def test_a_plan_that_cannot_fit_fails_at_once_and_changes_nothing(
+    conf: Path, cluster: TestCluster, capsys: pytest.CaptureFixture[str], extra: str, expected: str
+) -> None:
+    """The module's cluster has 2 CPUs and no GPU, and the Batcher section already runs on it."""
+    from modelserve.cluster import Cluster
+
+    before = Cluster(cluster.dashboard_url).details()["applications"]
+    echo = "\n[algopkg.Echo]\nbackend = Echo\nroute = echo\nmethod = POST\n" + extra
+    trial = conf.parent / "too_big.ini"
+    trial.write_text(conf.read_text() + echo)
+    began = time.monotonic()
+    assert main(["-c", str(trial)]) == 2
+    assert time.monotonic() - began < 20
+    err = capsys.readouterr().err
+    assert expected in err and "nothing was changed" in err, err
+    after = Cluster(cluster.dashboard_url).details()["applications"]
+    assert after.keys() == before.keys() == {"Batcher"}
