@@ -11,7 +11,9 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import Field, dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T", int, float)
 
 #: What changing a key does to running sections (the apply table prints the first two).
 IN_PLACE = "update in place"
@@ -78,30 +80,25 @@ def _key_of(f: Field[Any]) -> Key | None:
 # ---------------------------------------------------------------- parsers
 
 
-def whole(low: int, high: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
+def _in_range(convert: Callable[[str], T], low: T, high: T, what: str) -> Callable[[str], T]:
+    def parse(raw: str) -> T:
         try:
-            value = int(raw)
+            value = convert(raw)
         except ValueError:
-            raise Invalid(f"must be a whole number from {low} to {high}") from None
-        if not low <= value <= high:
-            raise Invalid(f"must be a whole number from {low} to {high}")
+            value = None
+        if value is None or not low <= value <= high:
+            raise Invalid(f"must be {what} from {low:g} to {high:g}")
         return value
 
     return parse
+
+
+def whole(low: int, high: int) -> Callable[[str], int]:
+    return _in_range(int, low, high, "a whole number")
 
 
 def number(low: float, high: float) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise Invalid(f"must be a number from {low:g} to {high:g}") from None
-        if not low <= value <= high:
-            raise Invalid(f"must be a number from {low:g} to {high:g}")
-        return value
-
-    return parse
+    return _in_range(float, low, high, "a number")
 
 
 def optional_whole(low: int, high: int) -> Callable[[str], int | None]:
