@@ -104,6 +104,9 @@ def cause(message: str) -> str:
     without Ray's wrapping; else the message's first line."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     named = [line for line in lines if _EXCEPTION_LINE.match(line) and not line.startswith("ray.")]
+    named = named or [line for line in lines if line.startswith("ERROR:")]  # pip's own words
+    if not named and len(lines) > 1 and lines[0].endswith(":"):
+        return f"{lines[0]} {lines[-1]}"  # "... failed:" says nothing without its last line
     line = named[-1] if named else (lines[0] if lines else "no message from the cluster")
     return re.sub(r"^(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_]\w*:)", "", line)
 

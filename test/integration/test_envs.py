@@ -86,6 +86,8 @@ def test_an_env_that_cannot_be_built_fails_only_its_section(
         requirements.write_text(good)
     assert code == 1
     assert "[algopkg.EnvOld] was DEPLOY_FAILED, rolled back" in out, out
+    (line,) = [row for row in out.splitlines() if row.startswith("[algopkg.EnvOld] was ")]
+    assert re.search(r"No matching distribution|Could not find|modelserve-no-such-package-4b1d", line), line
     errors = (project / ".modelserve" / "last_errors.log").read_text()  # the full error: pip's own words
     assert "modelserve-no-such-package-4b1d" in errors
     assert re.search(r"No matching distribution|Could not find", errors), errors

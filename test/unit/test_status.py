@@ -67,3 +67,19 @@ def test_a_scale_down_is_not_settled_until_the_extra_replicas_are_gone() -> None
 def test_an_app_being_deleted_keeps_its_section_name() -> None:
     deleting = {"status": "DELETING", "deployed_app_config": None, "deployments": {}}
     assert status.app_row("Echo:small", deleting, "").section == "algopkg.Echo:small"
+
+
+def test_the_cause_of_a_failure_is_the_backend_s_own_error() -> None:
+    wrapped = (
+        'The deployment failed to start 3 times in a row.\nTraceback (most recent call last):\n  File "x"\n'
+        "ray.exceptions.RayTaskError(ModelLoadError): ray::ServeReplica\n"
+        "modelserve.errors.ModelLoadError: algo_backend did not load its model:\nTraceback (most recent call last):\n"
+        "  File \"y\"\nValueError: cannot parse the model file 'broken.txt'\n"
+    )
+    assert status.cause(wrapped) == "ValueError: cannot parse the model file 'broken.txt'"
+    pip = "Runtime env setup for app 'EnvOld' failed:\nCollecting nope\nERROR: No matching distribution found for nope"
+    assert status.cause(pip) == "ERROR: No matching distribution found for nope"
+    assert status.cause("Runtime env setup for app 'X' failed:\nsomething broke") == (
+        "Runtime env setup for app 'X' failed: something broke"
+    )
+    assert status.cause("") == "no message from the cluster"
