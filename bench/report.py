@@ -93,6 +93,24 @@ def targets(data: dict[str, Any]) -> list[tuple[str, bool | None]]:
         out.append((text, ms32["rps"] >= 0.35 * limit))
     else:
         out.append(("32 conns: modelserve RPS >= 35% of in-process batched limit", None))
+    return out + _legacy_targets(data)
+
+
+def _legacy_targets(data: dict[str, Any]) -> list[tuple[str, bool | None]]:
+    """The original-template package: as fast as FastAPI at 32 connections, within 0.5 ms of it alone."""
+    old32, old1 = _run(data, "legacy", 32), _run(data, "legacy", 1)
+    fast32, fast1 = _run(data, "fastapi", 32), _run(data, "fastapi", 1)
+    out: list[tuple[str, bool | None]] = []
+    if old32 and fast32:
+        text = f"32 conns: original-template RPS {old32['rps']:,.0f} >= 1.0x fastapi {fast32['rps']:,.0f}"
+        out.append((text, old32["rps"] >= fast32["rps"]))
+    else:
+        out.append(("32 conns: original-template RPS >= 1.0x fastapi", None))
+    if old1 and fast1:
+        text = f"1 conn: original-template p50 {old1['p50_ms']:.2f} ms <= fastapi p50 {fast1['p50_ms']:.2f} + 0.5 ms"
+        out.append((text, old1["p50_ms"] <= fast1["p50_ms"] + 0.5))
+    else:
+        out.append(("1 conn: original-template p50 <= fastapi p50 + 0.5 ms", None))
     return out
 
 

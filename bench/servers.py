@@ -91,8 +91,12 @@ def _controller(args: list[str], project: Path, timeout_s: float) -> tuple[int, 
     return code, log.read_text(errors="replace")[start:]
 
 
-def _project(work: Path, port: int, dashboard_port: int) -> Path:
-    project = work / "modelserve"
+#: bench/conf.ini's section with the benchmark MLP written as an original-template package (no infer_batch).
+LEGACY_SECTION = ("[algopkg.BenchMLP]\nbackend = BenchMLP\n", "[algopkg.BenchMLPLegacy]\nbackend = algo_backend\n")
+
+
+def _project(work: Path, port: int, dashboard_port: int, legacy: bool = False) -> Path:
+    project = work / ("modelserve-legacy" if legacy else "modelserve")
     project.mkdir()
     for name in ("algopkg", "Model_ZOO"):
         (project / name).symlink_to(ROOT / name)
@@ -100,6 +104,10 @@ def _project(work: Path, port: int, dashboard_port: int) -> Path:
     conf, n = re.subn(r"^port = 8000$", f"port = {port}\ndashboard_port = {dashboard_port}", conf, flags=re.M)
     if n != 1:
         raise ServerError("bench/conf.ini has no line `port = 8000` under [MODEL SERVE] to replace")
+    if legacy:
+        if LEGACY_SECTION[0] not in conf:
+            raise ServerError(f"bench/conf.ini has no {LEGACY_SECTION[0]!r} to replace")
+        conf = conf.replace(*LEGACY_SECTION)
     (project / "conf.ini").write_text(conf)
     return project
 
@@ -117,10 +125,10 @@ def _head_sessions(project: Path, dashboard_port: int) -> set[int]:
 
 
 @contextlib.contextmanager
-def modelserve(work: Path, body: Result) -> Iterator[Running]:
+def modelserve(work: Path, body: Result, legacy: bool = False) -> Iterator[Running]:
     """This runtime with bench/conf.ini (its defaults), started and stopped by the real CLI."""
     port, dashboard_port = late_port(), free_port()
-    project = _project(work, port, dashboard_port)
+    project = _project(work, port, dashboard_port, legacy)
     try:
         code, out = _controller([], project, 300)
         if code != 0:
@@ -139,8 +147,14 @@ def modelserve(work: Path, body: Result) -> Iterator[Running]:
             stop_session(sid)  # a no-op when `down` stopped it
 
 
+def modelserve_legacy(work: Path, body: Result) -> contextlib.AbstractContextManager[Running]:
+    """The same MLP as an original-template package (`_model_inference`, no batch method), default keys."""
+    return modelserve(work, body, legacy=True)
+
+
 SERVERS: dict[str, tuple[str, Callable[[Path, Result], contextlib.AbstractContextManager[Running]]]] = {
     "modelserve": ("modelserve (defaults)", modelserve),
+    "legacy": ("modelserve, original-template package (defaults)", modelserve_legacy),
     "ray": ("plain Ray Serve", ray_plain),
     "flask": ("Flask + gunicorn (2 sync workers)", flask),
     "fastapi": ("FastAPI + uvicorn (2 workers)", fastapi),

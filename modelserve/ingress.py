@@ -81,11 +81,14 @@ class ModelReplica:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         cls = load_backend_class(spec.package, spec.backend)
         self._backend: Backend = create_backend(cls, spec.model_zoo, list(spec.model_files))
-        self._batched = has_batch_method(self._backend)
+        self._own_batch = has_batch_method(self._backend)
         self._has_infer = has_infer_method(self._backend)
         self._max_batch_size = 1
         self._batch_wait_s = 0.0
         self._in_flight = 0
+        # One batch queue per replica (a decorated method would share one queue per class). Ray's
+        # `serve.batch` is untyped; its wrapper adds set_max_batch_size and set_batch_wait_timeout_s.
+        self._infer_batched: Any = cast(Any, serve.batch)(max_batch_size=1, batch_wait_timeout_s=0.0)(self._infer_batch)
         self._warmup: Path | None = None
         if spec.warmup:
             package_dir = Path(importlib.import_module(f"algopkg.{spec.package}").__path__[0])
@@ -101,7 +104,7 @@ class ModelReplica:
                 self._backend.infer(params)
             except Exception as exc:
                 raise ModelLoadError(f"warm-up request {params!r} failed: {exc!r}") from exc
-        if self._batched:
+        if self._own_batch:
             self._backend.infer_batch(requests)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -145,18 +148,21 @@ class ModelReplica:
         if request.method not in self._methods:
             raise MethodNotAllowed(request.method, self._methods)
         params = envelope.parse_params(await request.body(), request.query_params)
-        if self._batched and self._max_batch_size > 1:
+        if self._max_batch_size > 1:
             return await self._infer_in_batch(params, request_id)
         return await self._run(self._backend.infer, params, request_id)
 
     async def _infer_in_batch(self, params: dict[str, Any], request_id: str) -> Any:
-        """Ray's batch window is fixed; ours holds a batch open only while other requests are
-        in flight on this replica, so a lone request never waits for company."""
+        """A lone request goes straight to the model; others join Serve's batch queue. Ray's batch
+        window is fixed; ours holds a batch open only while other requests are in flight on this
+        replica, so a lone request never waits for company nor pays for the queue."""
         self._in_flight += 1
         try:
-            wait_s = self._batch_wait_s if self._in_flight > 1 else 0.0
-            self._infer_batched.set_batch_wait_timeout_s(wait_s)
-            result = await self._infer_batched(params, request_id)
+            if self._in_flight == 1:
+                (result,) = await self._infer_batch([params], [request_id])
+            else:
+                self._infer_batched.set_batch_wait_timeout_s(self._batch_wait_s)
+                result = await self._infer_batched(params, request_id)
         finally:
             self._in_flight -= 1
         if isinstance(result, ModelServeError):
@@ -180,9 +186,10 @@ class ModelReplica:
     async def _infer_batch(self, batch: list[dict[str, Any]], request_ids: list[str]) -> list[Any]:
         """One result per request, in order; an exception instance fails only its own request.
 
-        `serve.batch` finds `self` by looking the function up on it under its own name: this
-        is `_infer_batched` before decoration (see below)."""
+        Serve's batch queue (`_infer_batched`, made per replica in `__init__`) calls it."""
         loop = asyncio.get_running_loop()
+        if not self._own_batch:  # one hand-off to the model thread for all, each answered on its own
+            return await loop.run_in_executor(self._pool, self._each, batch)
         try:
             results = await loop.run_in_executor(self._pool, self._backend.infer_batch, batch)
         except Exception as exc:
@@ -196,18 +203,15 @@ class ModelReplica:
             raise ModelError(f"infer_batch returned {size} results for a batch of {len(batch)}; return one per request")
         return results
 
+    def _each(self, batch: list[dict[str, Any]]) -> list[Any]:
+        return [self._one(params) for params in batch]
+
     def _one(self, params: dict[str, Any]) -> Any:
         """A request's result, or the exception that fails it (through `infer` where defined)."""
         try:
             return self._backend.infer(params) if self._has_infer else self._backend.infer_batch([params])[0]
         except Exception as exc:
             return exc
-
-    # Ray's `serve.batch` is untyped for methods; its wrapper adds set_max_batch_size and
-    # set_batch_wait_timeout_s, which reconfigure and the load-aware window use. It must be
-    # stored under the function's own name, which is how Ray tells a method call from a function.
-    _infer_batch.__name__ = _infer_batch.__qualname__ = "_infer_batched"
-    _infer_batched = cast(Any, serve.batch)(max_batch_size=1, batch_wait_timeout_s=0.0)(_infer_batch)
 
     def _error(self, exc: ModelServeError, request_id: str) -> Response:
         body = envelope.dumps(envelope.failure(exc, request_id))

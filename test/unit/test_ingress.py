@@ -1,9 +1,10 @@
 """The replica's request path, driven in-process with ASGI requests (no Ray)."""
 
 import asyncio
+import gc
 import json
-import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -34,6 +35,40 @@ def request(method: str, path: str, body: bytes = b"", root: str = "/echo", quer
     return Request(scope, receive)
 
 
+class _Loop:
+    """One event loop for the module, as a replica has one: Serve's batch queues live on it."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def run(self, coro: Any) -> Any:
+        assert self.loop is not None
+        return self.loop.run_until_complete(coro)
+
+
+LOOP = _Loop()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_loop() -> Iterator[None]:
+    LOOP.loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(LOOP.loop)
+    yield
+    pending = asyncio.all_tasks(LOOP.loop)
+    for task in pending:
+        task.cancel()
+    LOOP.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    gc.collect()  # Serve's batch queues look for the current loop when collected: let them find this one
+    asyncio.set_event_loop(None)
+    LOOP.loop.close()
+
+
+@pytest.fixture(autouse=True)
+def _replica_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside a replica, Serve's batch queue asks for the replica's context (to compare limits)."""
+    context = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=32), replica_tag="r1")
+    monkeypatch.setattr(serve, "get_replica_context", lambda: context)
+
+
 @pytest.fixture
 def replica(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModelReplica:
     project = make_project(tmp_path)
@@ -48,7 +83,7 @@ def replica(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModelReplica:
 
 
 def answer(replica: ModelReplica, req: Request) -> tuple[int, dict[str, Any], dict[str, str]]:
-    response = asyncio.run(replica(req))
+    response = LOOP.run(replica(req))
     return response.status_code, json.loads(bytes(response.body)), dict(response.headers)
 
 
@@ -65,7 +100,7 @@ def test_success_envelope_and_the_request_id_header(replica: ModelReplica) -> No
     req = request("POST", "/echo", b'{"a": 1}')
     status, body, headers = answer(replica, req)
     assert status == 200 and body["status"] == 1
-    assert headers["x-modelserve-replica"] == f"pid-{os.getpid()}"  # in Serve: the replica's id
+    assert headers["x-modelserve-replica"] == "r1"  # the replica's id in Serve
     assert body["result"]["params"] == {"a": 1} and body["result"]["config"] == {"threshold": 0.5}
     assert body["result"]["model"] == ["echo-model-v1"] and len(body["request_id"]) == 32
 
@@ -116,9 +151,6 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_result(
     monkeypatch.setattr(sys, "path", list(sys.path))
     for name in [m for m in sys.modules if m == "algopkg" or m.startswith("algopkg.")]:
         monkeypatch.delitem(sys.modules, name)
-    # Outside a replica, Serve's batch queue asks for the replica's context once (to compare limits).
-    context = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=32), replica_tag="r1")
-    monkeypatch.setattr(serve, "get_replica_context", lambda: context)
     replica = ModelReplica(ReplicaArgs("algopkg.Batcher", "Batcher", "Batcher", str(project / "Model_ZOO")))
 
     async def many() -> list[Any]:
@@ -129,6 +161,24 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_result(
             )
         )
 
-    answers = [json.loads(bytes(r.body)) for r in asyncio.run(many())]
+    answers = [json.loads(bytes(r.body)) for r in LOOP.run(many())]
     assert [a["result"]["i"] for a in answers] == list(range(8))
     assert max(a["result"]["batch_size"] for a in answers) > 1
+
+
+def test_an_unbatched_backend_gets_concurrent_requests_in_one_hand_off_each_answered_alone(
+    replica: ModelReplica, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hand_offs: list[int] = []
+    each = replica._each
+    monkeypatch.setattr(replica, "_each", lambda batch: hand_offs.append(len(batch)) or each(batch))
+
+    async def many() -> list[Any]:
+        replica.reconfigure(ReplicaConfig({}, 8, 20).to_json())
+        bodies = [b'{"fail": 1}' if i == 3 else f'{{"i": {i}}}'.encode() for i in range(8)]
+        return list(await asyncio.gather(*(replica(request("POST", "/echo", body)) for body in bodies)))
+
+    answers = [(r.status_code, json.loads(bytes(r.body))) for r in LOOP.run(many())]
+    assert answers[3][0] == 500 and answers[3][1]["error"]["message"].startswith("the model failed on this request")
+    assert [a[1]["result"]["params"]["i"] for i, a in enumerate(answers) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
+    assert hand_offs[0] == 1 and sum(hand_offs) == 8 and len(hand_offs) <= 3  # the first went alone, at once

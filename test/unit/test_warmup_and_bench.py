@@ -66,3 +66,20 @@ def test_bench_sends_exactly_the_requests_asked_for() -> None:
         server.shutdown()
         server.server_close()
     assert summary.requests == 200 and len(seen) == 200 and summary.non_2xx == summary.errors == 0
+
+
+def test_the_original_template_bench_package_computes_what_the_batched_one_does() -> None:
+    import sys
+
+    from modelserve.backend import create_backend
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root))
+    try:
+        from algopkg.BenchMLP.backend import BenchMLP
+        from algopkg.BenchMLPLegacy.backend import algo_backend
+    finally:
+        sys.path.remove(str(root))
+    params = json.loads((root / "algopkg" / "BenchMLP" / "warmup.json").read_text())["params"]
+    legacy, batched = create_backend(algo_backend, "", []), create_backend(BenchMLP, "", [])
+    assert legacy.infer(params) == batched.infer(params)

@@ -1,0 +1,1 @@
+../BenchMLP/mlp.py
