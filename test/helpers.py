@@ -31,10 +31,6 @@ from modelserve.node import NodeSpec, free_port, late_port, node_env, ray_start_
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "test" / "fixtures"
-#: Ray keeps a stopping replica serving 30 s so HAProxy can drop it first; tests shorten
-#: that, but not below HAProxy's update latency (at 1 s a replica that took over a
-#: stopped one's port was sent its requests, which answered 404).
-FAST_DRAIN_ENV = raycompat.draining_env(5)
 
 
 #: The Echo fixture package as a conf.ini section (POST, half a CPU).
@@ -211,7 +207,7 @@ def start_test_cluster(num_cpus: int = 2, num_gpus: int = 0, ingress: str = "fas
         temp_dir=temp_dir,
     )
     cmd = ray_start_command(spec)
-    env = node_env(spec, user_env(FAST_DRAIN_ENV))
+    env = node_env(spec, user_env({}))
     with (Path(temp_dir) / "head.log").open("wb") as log:  # the head keeps its own copy of the descriptor
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=REPO, start_new_session=True
@@ -257,7 +253,7 @@ def start_node(role: str, env: Mapping[str, str | None], log_path: Path) -> subp
     `env` is what the node is given on top of a user's environment (None removes a variable).
     """
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    full_env = user_env({**FAST_DRAIN_ENV, **env, "PATH": path})
+    full_env = user_env({**env, "PATH": path})
     with log_path.open("wb") as log:
         return subprocess.Popen(
             ["sh", str(REPO / "docker" / "entrypoint.sh"), role],

@@ -86,3 +86,12 @@ def test_main_usage_and_errors(capsys: pytest.CaptureFixture[str], monkeypatch: 
     assert main(["--help"]) == 0 and "RAY_HEAD_ADDRESS" in capsys.readouterr().out
     monkeypatch.delenv("RAY_HEAD_ADDRESS", raising=False)
     assert main(["worker"]) == 2 and "RAY_HEAD_ADDRESS" in capsys.readouterr().err
+
+
+def test_a_stopping_replica_drains_for_5_s_unless_the_node_is_told_otherwise() -> None:
+    from modelserve import raycompat
+
+    spec = spec_from_env("head", {})
+    assert {k: node_env(spec, {})[k] for k in raycompat.draining_env(5)} == raycompat.draining_env(5)
+    given = raycompat.draining_env(12)
+    assert {k: node_env(spec, given)[k] for k in given} == given
