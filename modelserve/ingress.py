@@ -197,7 +197,7 @@ class ModelReplica:
                 return [exc]
             # One bad item must not fail its neighbours: each request is answered on its own.
             logger.warning("requests %s: infer_batch raised %r; answering them one by one", request_ids, exc)
-            return [await loop.run_in_executor(self._pool, self._one, params) for params in batch]
+            return await loop.run_in_executor(self._pool, self._each, batch)
         if not isinstance(results, list) or len(results) != len(batch):
             size = len(results) if isinstance(results, list) else type(results).__name__
             raise ModelError(f"infer_batch returned {size} results for a batch of {len(batch)}; return one per request")
