@@ -111,7 +111,7 @@ def _target(args: argparse.Namespace) -> tuple[str | None, str, float]:
         try:
             last = json.loads((state_dir / LAST_APPLY).read_text())
         except (OSError, ValueError):
-            raise exc from None
+            raise ConfigError(exc.path, exc.problems, "and no earlier apply here to fall back on") from None
         print(
             f"warning: {exc.path} is not usable ({exc.problems[0]}); acting on the cluster of the last apply, "
             f"{last['dashboard_url']}",

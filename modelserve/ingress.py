@@ -25,7 +25,7 @@ from starlette.responses import Response
 
 from modelserve import envelope, raycompat
 from modelserve.backend import Backend, create_backend, has_batch_method, has_infer_method
-from modelserve.errors import MethodNotAllowed, ModelError, ModelLoadError, ModelServeError, NotFound
+from modelserve.errors import BadRequest, MethodNotAllowed, ModelError, ModelLoadError, ModelServeError, NotFound
 from modelserve.replica_spec import ReplicaArgs, ReplicaConfig
 from modelserve.warmup import WarmupError, read_warmup
 
@@ -196,7 +196,8 @@ class ModelReplica:
             if len(batch) == 1 and not self._has_infer:
                 return [exc]
             # One bad item must not fail its neighbours: each request is answered on its own.
-            logger.warning("requests %s: infer_batch raised %r; answering them one by one", request_ids, exc)
+            log = logger.debug if isinstance(exc, BadRequest) else logger.warning  # a client's mistake is no alarm
+            log("requests %s: infer_batch raised %r; answering them one by one", request_ids, exc)
             return await loop.run_in_executor(self._pool, self._each, batch)
         if not isinstance(results, list) or len(results) != len(batch):
             size = len(results) if isinstance(results, list) else type(results).__name__

@@ -123,7 +123,8 @@ def test_status_and_down_work_from_the_last_apply_when_conf_ini_is_unusable(
 def test_a_broken_conf_ini_without_a_last_apply_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conf = write_conf(make_project(tmp_path), {}, ECHO + "replicas = lots\n")
     assert main(["status", "-c", str(conf)]) == 2
-    assert "replicas = 'lots'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "replicas = 'lots'" in err and "no earlier apply here to fall back on" in err
 
 
 def test_check_validates_the_plan_with_ray_s_schema(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
