@@ -34,6 +34,11 @@ class Backend:
 
     #: Returned as `info` in every response.
     info: Any = f"Result from {socket.gethostname()}"
+    #: Optional pydantic model of the params: requests are validated before the model runs, every
+    #: bad field named in one 400, and `infer` gets a `Params` instance instead of a dict.
+    Params: Any = None
+    #: Optional pydantic model of the result, for the route's OpenAPI document.
+    Result: Any = None
 
     def load(self, model_paths: list[str]) -> None:
         """Load the model files (absolute paths, in conf.ini order). Raise if they can't be loaded."""
@@ -41,6 +46,9 @@ class Backend:
     def infer(self, params: dict[str, Any]) -> Any:
         """Answer one request; the return value (JSON-serializable, numpy allowed) is `result`."""
         raise NotImplementedError(f"{type(self).__name__} must define infer(self, params)")
+
+    # A backend may also define `infer_stream(self, params)`, a generator or async generator: its
+    # route then streams each item as it is produced (NDJSON lines, or Server-Sent Events).
 
     def infer_batch(self, batch: list[dict[str, Any]]) -> list[Any]:
         """Answer several requests at once; return one result per params, in order.
@@ -63,6 +71,10 @@ def has_batch_method(backend: Backend) -> bool:
 
 def has_infer_method(backend: Backend) -> bool:
     return type(backend).infer is not Backend.infer
+
+
+def has_stream_method(backend: Backend) -> bool:
+    return callable(getattr(type(backend), "infer_stream", None))
 
 
 class _LegacyBackend(Backend):

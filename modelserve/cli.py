@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from modelserve import bench, plan, status
+import requests
+
+from modelserve import bench, openapi, plan, status
 from modelserve.apply import ERRORS_FILE, apply, validated, wait, warn_about_http_options
 from modelserve.cluster import Cluster, ClusterError, resolve_dashboard, stop_local_head
 from modelserve.config import ConfigError, load_config
@@ -191,6 +193,39 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_openapi(args: argparse.Namespace) -> int:
+    """One OpenAPI document for every section of conf.ini, from what the running routes describe."""
+    config = load_config(args.config)
+    dashboard, base_url, _ = _target(args)
+    if dashboard is None:
+        print("no Ray cluster is running; `python controller.py` deploys conf.ini first", file=sys.stderr)
+        return EXIT_CLUSTER
+    documents, missing = [], []
+    for spec in config.sections:
+        url = f"{base_url}/{spec.route}/openapi.json"
+        try:
+            response = requests.get(url, timeout=10)
+            response.raise_for_status()
+            documents.append(response.json())
+        except (requests.RequestException, ValueError) as exc:
+            missing.append(f"[{spec.section}] {url}: {exc}")
+    if missing:
+        print(
+            "error: not served as conf.ini says; run `python controller.py` first:",
+            *missing,
+            sep="\n  ",
+            file=sys.stderr,
+        )
+        return EXIT_UNHEALTHY
+    text = json.dumps(openapi.merge(documents, title=f"modelserve: {config.path.name}"), indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}: {len(config.sections)} section(s)", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _bench_params(config: Config, args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
     """URL, method and body for `bench`: from the ROUTE's section unless given."""
     route = (args.route or "").strip("/")
@@ -230,7 +265,7 @@ def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="controller.py", description="Serve algorithm packages as conf.ini says.")
     main.add_argument("-c", "--config", default="conf.ini", help=config_help)
     main.set_defaults(func=cmd_apply, command="apply")
-    sub = main.add_subparsers(metavar="{apply,check,status,down,logs,bench}")
+    sub = main.add_subparsers(metavar="{apply,check,status,down,logs,openapi,bench}")
 
     def command(name: str, func: Callable[[argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text)
@@ -247,6 +282,8 @@ def parser() -> argparse.ArgumentParser:
     logs.add_argument("section", help="a section of conf.ini, e.g. algopkg.AlgoExample (or AlgoExample)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C stops)")
     logs.add_argument("-n", "--tail", type=int, default=100, help="lines from the end of each log (default 100)")
+    api = command("openapi", cmd_openapi, "print (or write) one OpenAPI document for every section of conf.ini")
+    api.add_argument("-o", "--output", help="write it to this file instead of printing it")
     bench_cmd = command("bench", cmd_bench, "load one route and print RPS and latency percentiles")
     bench_cmd.add_argument("route", nargs="?", help="a route of conf.ini, e.g. extract")
     bench_cmd.add_argument("--url", help="load this URL instead of the route's local one")

@@ -1,32 +1,90 @@
-"""The JSON envelope of every response, and request params decoding.
+"""The JSON envelope of every response, and the encoding of what backends return.
 
 Success: `{"status": 1, "result": ..., "info": ..., "request_id": ...}`, the
 original runtime's envelope plus a request id. Failure: `{"status": 0, "error":
 {"type", "message"}, "request_id"}`, never a traceback.
+
+Results may hold what `json` cannot encode: numpy arrays and scalars, pydantic models,
+dataclasses, `datetime`/`date`/`time` (ISO 8601), `Decimal`, `UUID`, `Path`, `Enum`, sets
+and tuples, uploaded `File`s (their name, type and size), and bytes, as `{"$bytes": "<base64>"}`.
+A backend that answers something other than JSON returns a `RawResponse`.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import datetime
+import enum
 import json
+import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import PurePath
 from typing import Any
 
-from modelserve.errors import BadRequest, ModelServeError
+from modelserve.errors import ModelError, ModelServeError
+from modelserve.inputs import File
+
+#: The key of the one-key object that carries bytes in a JSON answer.
+BYTES_KEY = "$bytes"
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    """What a backend returns to answer bytes instead of the JSON envelope (a PNG mask, a CSV).
+
+    Example:
+        ```python
+        return RawResponse(png_bytes, "image/png")
+        ```
+    """
+
+    body: bytes = field(repr=False)
+    content_type: str = "application/octet-stream"
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def _to_json(value: Any) -> Any:
-    """Encode what json cannot: numpy arrays and scalars, sets, bytes."""
-    if hasattr(value, "tolist"):
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
         return value.tolist()
+    if hasattr(value, "model_dump"):  # pydantic models
+        return value.model_dump(mode="json")
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    raise TypeError(f"the backend returned a {type(value).__name__}, which is not JSON serializable")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {BYTES_KEY: base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, File):
+        return {"filename": value.filename, "content_type": value.content_type, "size": value.size}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, (uuid.UUID, PurePath)):
+        return str(value)
+    raise TypeError(type(value).__name__)
 
 
-def dumps(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, default=_to_json, ensure_ascii=False, separators=(",", ":")).encode()
+def dumps(body: Any) -> bytes:
+    """JSON bytes of an answer.
+
+    Raises:
+        ModelError: the result holds a value of a type no encoder knows; the message names it.
+    """
+    try:
+        return json.dumps(body, default=_to_json, ensure_ascii=False, separators=(",", ":")).encode()
+    except TypeError as exc:
+        raise ModelError(
+            f"the backend returned a {exc}, which cannot be encoded as JSON; return JSON types, numpy, "
+            "pydantic models, bytes or a RawResponse"
+        ) from None
+    except ValueError as exc:  # circular references, NaN-free encoders
+        raise ModelError(f"the backend's result cannot be encoded as JSON: {exc}") from None
 
 
 def success(result: Any, info: Any, request_id: str) -> dict[str, Any]:
@@ -36,20 +94,3 @@ def success(result: Any, info: Any, request_id: str) -> dict[str, Any]:
 def failure(error: ModelServeError, request_id: str) -> dict[str, Any]:
     message = str(error) or error.error_type
     return {"status": 0, "error": {"type": error.error_type, "message": message}, "request_id": request_id}
-
-
-def parse_params(body: bytes, query: Mapping[str, str]) -> dict[str, Any]:
-    """A request's params: the JSON object in the body, else the query string.
-
-    Raises:
-        BadRequest: the body is not JSON, or not a JSON object.
-    """
-    if not body.strip():
-        return dict(query)
-    try:
-        params = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(params, dict):
-        raise BadRequest(f"request body must be a JSON object of params, got {type(params).__name__}")
-    return params

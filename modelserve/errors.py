@@ -48,6 +48,13 @@ class MethodNotAllowed(ModelServeError):
         )
 
 
+class PayloadTooLarge(ModelServeError):
+    """The request body is over the section's `max_body_kb` (413)."""
+
+    status_code = 413
+    error_type = "PayloadTooLarge"
+
+
 class ModelError(ModelServeError):
     """The backend raised while answering a request (500)."""
 

@@ -1,8 +1,9 @@
 """The replica: loads one section's backend and answers its HTTP requests.
 
 Path under the section's route: `/` runs the model, `/ping` answers once the
-model is loaded (and warmed up). Every answer is an `envelope`; errors are
-logged with their traceback under the request id and answered without it.
+model is loaded (and warmed up), `/openapi.json` describes the route. Every answer
+is an `envelope` (or the backend's `RawResponse`, or a stream); errors are logged
+with their traceback under the request id and answered without it.
 """
 
 from __future__ import annotations
@@ -23,9 +24,18 @@ from ray.serve.exceptions import RayServeException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelserve import envelope, raycompat
-from modelserve.backend import Backend, create_backend, has_batch_method, has_infer_method
-from modelserve.errors import BadRequest, MethodNotAllowed, ModelError, ModelLoadError, ModelServeError, NotFound
+from modelserve import envelope, inputs, openapi, raycompat, streaming
+from modelserve.backend import Backend, create_backend, has_batch_method, has_infer_method, has_stream_method
+from modelserve.envelope import RawResponse
+from modelserve.errors import (
+    BadRequest,
+    MethodNotAllowed,
+    ModelError,
+    ModelLoadError,
+    ModelServeError,
+    NotFound,
+    PayloadTooLarge,
+)
 from modelserve.replica_spec import ReplicaArgs, ReplicaConfig
 from modelserve.warmup import WarmupError, read_warmup
 
@@ -83,6 +93,11 @@ class ModelReplica:
         self._backend: Backend = create_backend(cls, spec.model_zoo, list(spec.model_files))
         self._own_batch = has_batch_method(self._backend)
         self._has_infer = has_infer_method(self._backend)
+        self._streams = has_stream_method(self._backend)
+        self._params_model = getattr(self._backend, "Params", None)
+        self._section = spec.section
+        self._max_body = 10240 * 1024
+        self._openapi: dict[str, bytes] = {}
         self._max_batch_size = 1
         self._batch_wait_s = 0.0
         self._in_flight = 0
@@ -99,9 +114,17 @@ class ModelReplica:
             requests = read_warmup(path)
         except WarmupError as exc:
             raise ModelLoadError(str(exc)) from None
+        if self._params_model is not None:
+            try:
+                requests = [inputs.validate(self._params_model, params) for params in requests]
+            except BadRequest as exc:
+                raise ModelLoadError(f"{path.name}: a warm-up request does not fit Params: {exc}") from None
         for params in requests:
             try:
-                self._backend.infer(params)
+                if self._has_infer or not self._streams:
+                    self._backend.infer(params)
+                else:
+                    list(getattr(self._backend, "infer_stream")(params))  # noqa: B009 (not on Backend)
             except Exception as exc:
                 raise ModelLoadError(f"warm-up request {params!r} failed: {exc!r}") from exc
         if self._own_batch:
@@ -114,6 +137,7 @@ class ModelReplica:
         config = ReplicaConfig.from_json(user_config)
         self._max_batch_size = config.max_batch_size
         self._batch_wait_s = config.batch_wait_ms / 1000
+        self._max_body = config.max_body_kb * 1024
         self._infer_batched.set_max_batch_size(self._max_batch_size)
         self._backend.reconfigure(dict(config.user))
         if self._warmup is not None:
@@ -126,8 +150,13 @@ class ModelReplica:
     async def __call__(self, request: Request) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         try:
-            result = await self._route(request, request_id)
-            body = envelope.success(result, self._backend.info, request_id)
+            answer = await self._route(request, request_id)
+            if isinstance(answer, Response):
+                return answer
+            if isinstance(answer, RawResponse):
+                headers = {**self._headers, "x-request-id": request_id, **answer.headers}
+                return Response(answer.body, media_type=answer.content_type, headers=headers)
+            body = envelope.success(answer, self._backend.info, request_id)
             return Response(envelope.dumps(body), media_type="application/json", headers=self._headers)
         except ModelServeError as exc:
             return self._error(exc, request_id)
@@ -142,15 +171,54 @@ class ModelReplica:
         sub = sub.rstrip("/")
         if sub == "/ping":
             return "pong"
+        if sub == "/openapi.json":
+            return Response(self._openapi_document(root), media_type="application/json", headers=self._headers)
         if sub:
             verbs = " or ".join(self._methods)
             raise NotFound(f"no such path {path!r}; {verbs} params to {root or '/'}, or GET {root}/ping")
         if request.method not in self._methods:
             raise MethodNotAllowed(request.method, self._methods)
-        params = envelope.parse_params(await request.body(), request.query_params)
+        params: Any = inputs.parse_params(
+            await self._body(request), request.query_params, request.headers.get("content-type", "")
+        )
+        if self._params_model is not None:
+            params = inputs.validate(self._params_model, params)
+        if self._streams:
+            produced = await self._run(getattr(self._backend, "infer_stream"), params, request_id)  # noqa: B009
+            stream = streaming.ItemStream(produced, self._pool)
+            return await streaming.respond(stream, request.headers.get("accept", ""), request_id, self._headers)
         if self._max_batch_size > 1:
             return await self._infer_in_batch(params, request_id)
         return await self._run(self._backend.infer, params, request_id)
+
+    async def _body(self, request: Request) -> bytes:
+        """The request body, refused (413) beyond `max_body_kb` before the model sees it."""
+        declared = request.headers.get("content-length", "")
+        too_large = PayloadTooLarge(f"the request body is over this route's limit of {self._max_body // 1024} KiB")
+        if declared.isdigit():
+            if int(declared) > self._max_body:
+                raise too_large
+            return await request.body()
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self._max_body:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _openapi_document(self, root: str) -> bytes:
+        if root not in self._openapi:
+            document = openapi.route_document(
+                section=self._section,
+                route=root.strip("/"),
+                methods=self._methods,
+                params=self._params_model,
+                result=getattr(self._backend, "Result", None),
+                streaming=self._streams,
+            )
+            self._openapi[root] = envelope.dumps(document)
+        return self._openapi[root]
 
     async def _infer_in_batch(self, params: dict[str, Any], request_id: str) -> Any:
         """A lone request goes straight to the model; others join Serve's batch queue. Ray's batch

@@ -71,7 +71,7 @@ def replica_args(spec: SectionSpec, config: Config, model_digest: str) -> Replic
 
 
 def replica_config(spec: SectionSpec) -> ReplicaConfig:
-    return ReplicaConfig(dict(spec.user_config), spec.max_batch_size, spec.batch_wait_ms)
+    return ReplicaConfig(dict(spec.user_config), spec.max_batch_size, spec.batch_wait_ms, spec.max_body_kb)
 
 
 def deployment_options(spec: SectionSpec, access_log: bool = False) -> dict[str, Any]:

@@ -49,9 +49,10 @@ class ReplicaConfig:
     user: Mapping[str, Any] = field(default_factory=dict)
     max_batch_size: int = 1
     batch_wait_ms: float = 0.0
+    max_body_kb: int = 10240
 
     def to_json(self) -> dict[str, Any]:
-        return {"user": dict(self.user), "max_batch_size": self.max_batch_size, "batch_wait_ms": self.batch_wait_ms}
+        return {**asdict(self), "user": dict(self.user)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ReplicaConfig:

@@ -207,6 +207,14 @@ class SectionSpec:
         example="2",
         help="how long a batch may wait to fill, only while other requests are in flight",
     )
+    max_body_kb: int = conf_key(
+        "max_body_kb",
+        keys.whole(1, 1048576),
+        default="10240",
+        change=IN_PLACE,
+        example="512",
+        help="largest request body in KiB; larger ones get 413 before the model sees them",
+    )
     warmup: str = conf_key(
         "warmup",
         keys.text,

@@ -14,7 +14,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import openapi_spec_validator
 import pytest
+import requests
 from helpers import (
     ECHO_SECTION,
     FIXTURES,
@@ -28,6 +31,7 @@ from helpers import (
     wait_for,
     write_conf,
 )
+from PIL import Image
 
 from modelserve.cluster import Cluster, dashboard_answers, session_members
 from modelserve.node import free_port, late_port
@@ -47,6 +51,12 @@ warmup = warmup.json
 ECHO = ECHO_SECTION
 BASE = (LEGACY, ECHO)
 SAMPLE = json.loads((FIXTURES / "digits_samples.json").read_text())[0]
+
+
+def write_png(path: Path, pixels: list[int]) -> None:
+    """A 32x32 PNG of an 8x8 digit (values 0-16): what a user would upload."""
+    values = np.clip(np.round(np.asarray(pixels, dtype=np.float32) * 255 / 16), 0, 255).astype(np.uint8)
+    Image.fromarray(values.reshape(8, 8)).resize((32, 32), Image.Resampling.NEAREST).save(path)
 
 
 def repository_conf(port: int, dashboard_port: int) -> str:
@@ -82,6 +92,21 @@ def test_make_serve_starts_a_local_cluster_serves_the_example_and_stops(tmp_path
         assert reply.status == 200 and reply.body["status"] == 1, reply.body
         assert reply.body["result"]["class"] == SAMPLE["label"] and len(reply.body["result"]["probabilities"]) == 10
         assert reply.headers["x-request-id"] == reply.body["request_id"]
+        png = tmp_path / "digit.png"
+        write_png(png, SAMPLE["x"])
+        for answer in (
+            requests.post(f"{base}/extract", files={"image": ("digit.png", png.read_bytes(), "image/png")}, timeout=30),
+            requests.post(f"{base}/extract", data=png.read_bytes(), headers={"Content-Type": "image/png"}, timeout=30),
+        ):
+            assert answer.status_code == 200 and answer.json()["result"]["class"] == SAMPLE["label"], answer.text
+        # The README's upload: the shipped dark-on-white digit, `-F image=@... -F invert=1`.
+        shipped = (REPO / "algopkg" / "AlgoExample" / "digit.png").read_bytes()
+        fields = {"image": ("digit.png", shipped), "invert": (None, "1")}
+        readme = requests.post(f"{base}/extract", files=fields, timeout=30)
+        assert readme.json()["result"]["class"] == 4, readme.text
+        api = controller("openapi", "-c", str(conf))
+        assert api.returncode == 0, api.stderr
+        openapi_spec_validator.validate(json.loads(api.stdout))
         status = controller("status", "-c", str(conf))
         assert status.returncode == 0, status.stdout + status.stderr
         assert re.search(rf"algopkg.AlgoExample\s+{base}/extract\s+1/1\s+HEALTHY", status.stdout), status.stdout
