@@ -1,9 +1,14 @@
-"""The backend contract, and the adapter for packages written for the original runtime."""
+"""The backend contract, the adapter for packages written for the original runtime, and
+finding a section's backend class in the uploaded package."""
 
 from __future__ import annotations
 
+import importlib
+import os
 import socket
+import sys
 import traceback
+from pathlib import Path
 from typing import Any, cast
 
 from modelserve.errors import ModelLoadError
@@ -155,3 +160,31 @@ def create_backend(cls: type, model_zoo: str, model_files: list[str]) -> Backend
     except Exception as exc:
         raise ModelLoadError(f"{type(backend).__name__}.load failed: {exc!r}") from exc
     return backend
+
+
+def use_uploaded_package(package: str, search_path: str | None = None) -> str | None:
+    """Put the uploaded snapshot of `algopkg/<package>` first on sys.path, so a stray `algopkg/`
+    (the worker's cwd, a project on PYTHONPATH) never shadows the code the section was deployed with.
+
+    Ray puts a section's `py_modules` first on PYTHONPATH; the first entry holding the
+    package is the upload. Returns that entry, or None where there is none (tests, local runs).
+    """
+    path = os.environ.get("PYTHONPATH", "") if search_path is None else search_path
+    entry = next((e for e in path.split(os.pathsep) if e and Path(e, "algopkg", package, "backend.py").is_file()), None)
+    if entry is None:
+        return None
+    sys.path[:] = [entry, *(p for p in sys.path if p != entry)]
+    loaded = sys.modules.get("algopkg")
+    if loaded is not None and not any(str(p).startswith(entry) for p in getattr(loaded, "__path__", [])):
+        for name in [m for m in sys.modules if m == "algopkg" or m.startswith("algopkg.")]:
+            del sys.modules[name]
+    return entry
+
+
+def load_backend_class(package: str, class_name: str) -> type:
+    use_uploaded_package(package)
+    module = importlib.import_module(f"algopkg.{package}.backend")
+    cls = getattr(module, class_name)
+    if not isinstance(cls, type):
+        raise TypeError(f"algopkg.{package}.backend.{class_name} is not a class")
+    return cls

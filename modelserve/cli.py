@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 import requests
 
-from modelserve import bench, openapi, plan, status
+from modelserve import bench, fallback, openapi, plan, status
 from modelserve.apply import ERRORS_FILE, apply, validated, wait, warn_about_http_options
 from modelserve.cluster import Cluster, ClusterError, resolve_dashboard, stop_local_head
 from modelserve.config import ConfigError, load_config
@@ -147,7 +147,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     apps = list(cluster.details().get("applications") or {})
     cluster.apply({"applications": []})
     wait(cluster, [], apps, timeout_s)
-    print(f"removed {len(apps)} section(s) from {dashboard}")
+    print(f"removed {len([a for a in apps if a != fallback.APP_NAME])} section(s) from {dashboard}")
     if args.stop_cluster:
         print("the cluster was not started by this controller; it keeps running")
     return 0
@@ -162,7 +162,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     apps = cluster.details().get("applications") or {}
     name = args.section.removeprefix(PACKAGE_PREFIX).strip("[]").removeprefix(PACKAGE_PREFIX)
     if name not in apps:
-        known = ", ".join(f"{PACKAGE_PREFIX}{a}" for a in sorted(apps)) or "none"
+        known = ", ".join(f"{PACKAGE_PREFIX}{a}" for a in sorted(apps) if a != fallback.APP_NAME) or "none"
         raise UsageError(f"logs: no section {args.section!r} runs on the cluster (running: {known})")
     replicas = [r for d in (apps[name].get("deployments") or {}).values() for r in d.get("replicas") or []]
     replicas = [r for r in replicas if r.get("log_file_path") and r.get("node_id")]
@@ -226,6 +226,23 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """The Prometheus scrape targets of the running cluster: one exporter per node."""
+    dashboard, _, _ = _target(args)
+    if dashboard is None:
+        print("no Ray cluster is running; `python controller.py` starts one", file=sys.stderr)
+        return EXIT_CLUSTER
+    targets = Cluster(dashboard).metrics_targets()
+    for target in targets:
+        print(target)
+    print(
+        f"({len(targets)} node(s); modelserve's series are named ray_modelserve_*; "
+        "docker/compose.yaml's `monitoring` profile runs Prometheus and Grafana on them)",
+        file=sys.stderr,
+    )
+    return 0 if targets else EXIT_UNHEALTHY
+
+
 def _bench_params(config: Config, args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
     """URL, method and body for `bench`: from the ROUTE's section unless given."""
     route = (args.route or "").strip("/")
@@ -265,7 +282,7 @@ def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="controller.py", description="Serve algorithm packages as conf.ini says.")
     main.add_argument("-c", "--config", default="conf.ini", help=config_help)
     main.set_defaults(func=cmd_apply, command="apply")
-    sub = main.add_subparsers(metavar="{apply,check,status,down,logs,openapi,bench}")
+    sub = main.add_subparsers(metavar="{apply,check,status,down,logs,openapi,metrics,bench}")
 
     def command(name: str, func: Callable[[argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text)
@@ -284,6 +301,7 @@ def parser() -> argparse.ArgumentParser:
     logs.add_argument("-n", "--tail", type=int, default=100, help="lines from the end of each log (default 100)")
     api = command("openapi", cmd_openapi, "print (or write) one OpenAPI document for every section of conf.ini")
     api.add_argument("-o", "--output", help="write it to this file instead of printing it")
+    command("metrics", cmd_metrics, "print the Prometheus scrape targets of the cluster (one per node)")
     bench_cmd = command("bench", cmd_bench, "load one route and print RPS and latency percentiles")
     bench_cmd.add_argument("route", nargs="?", help="a route of conf.ini, e.g. extract")
     bench_cmd.add_argument("--url", help="load this URL instead of the route's local one")

@@ -243,6 +243,10 @@ class Cluster:
         except (requests.RequestException, ValueError, KeyError) as exc:
             raise ClusterError(f"cannot read {path} from {self.dashboard_url}: {exc}") from exc
 
+    def metrics_targets(self) -> list[str]:
+        """Each alive node's Prometheus endpoint (Ray's metrics exporter)."""
+        return raycompat.metrics_targets(self._get_json(raycompat.NODE_SUMMARY_PATH))
+
     def resources(self, details: Mapping[str, Any]) -> ClusterResources:
         """Each alive node's totals, what is in use, and what our running sections hold."""
         nodes = self._get_json(f"{raycompat.NODES_API_PATH}?detail=1&limit=10000")["result"]["result"]

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from modelserve import keys
+from modelserve import auth, keys
 from modelserve.keys import Key
 from modelserve.project import check_section
 from modelserve.settings import SECTION_KEYS, SERVE_KEYS, Config, SectionSpec, ServeSettings
@@ -43,7 +43,7 @@ def _read_ini(path: Path) -> configparser.ConfigParser:
         strict=True,
     )
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # Notepad starts a file with a BOM
     except (OSError, UnicodeDecodeError) as exc:
         why = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(path, [f"cannot read the file ({why}); pass another one with -c FILE"]) from None
@@ -78,6 +78,11 @@ def _parse_keys(
                 problems.append(f"[{name}] {key_name}: missing; write e.g. `{key_name} = {key.example}` ({key.help})")
             continue
         raw = items[key_name].strip()
+        if "\x00" in raw:  # no path, name or address holds one; Path and Ray raise on it
+            problems.append(
+                f"[{name}] {key_name} = {raw!r}: holds a NUL character (fix: e.g. `{key_name} = {key.example}`)"
+            )
+            continue
         try:
             values[field_name] = key.parse(raw)
         except keys.Invalid as exc:
@@ -130,6 +135,17 @@ def _check_routes(specs: list[SectionSpec], problems: list[str]) -> None:
             owner.setdefault(path, (spec.section, what))
 
 
+def _check_key_files(serve: ServeSettings, specs: list[SectionSpec], problems: list[str]) -> None:
+    for where, value in [(SERVE_SECTION, serve.api_keys), *((s.section, s.api_keys) for s in specs)]:
+        key_file = serve.key_file(value)
+        if key_file is None:
+            continue
+        try:
+            auth.read_key_file(key_file)
+        except auth.KeyFileError as exc:
+            problems.append(f"[{where}] api_keys = {value!r}: {exc}")
+
+
 def load_config(path: Path | str) -> Config:
     """Read and validate a conf.ini.
 
@@ -147,6 +163,7 @@ def load_config(path: Path | str) -> Config:
             problems.extend(check_section(spec, path.parent / "algopkg", serve.model_zoo))
             specs.append(spec)
     _check_routes(specs, problems)
+    _check_key_files(serve, specs, problems)
     if problems:
         raise ConfigError(path, problems)
     return Config(path=path, serve=serve, sections=tuple(specs))

@@ -83,8 +83,10 @@ def dumps(body: Any) -> bytes:
             f"the backend returned a {exc}, which cannot be encoded as JSON; return JSON types, numpy, "
             "pydantic models, bytes or a RawResponse"
         ) from None
-    except ValueError as exc:  # circular references, NaN-free encoders
+    except ValueError as exc:  # circular references
         raise ModelError(f"the backend's result cannot be encoded as JSON: {exc}") from None
+    except RecursionError:
+        raise ModelError("the backend's result is nested too deeply to encode as JSON") from None
 
 
 def success(result: Any, info: Any, request_id: str) -> dict[str, Any]:

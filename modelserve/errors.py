@@ -28,6 +28,13 @@ class BadRequest(ModelServeError):
     error_type = "BadRequest"
 
 
+class Unauthorized(ModelServeError):
+    """The route needs an API key and the request has none, or a wrong one (401)."""
+
+    status_code = 401
+    error_type = "Unauthorized"
+
+
 class NotFound(ModelServeError):
     """No such path under this route (404)."""
 
@@ -53,6 +60,20 @@ class PayloadTooLarge(ModelServeError):
 
     status_code = 413
     error_type = "PayloadTooLarge"
+
+
+class Overloaded(ModelServeError):
+    """The section's queue is full (503, with `Retry-After`)."""
+
+    status_code = 503
+    error_type = "Overloaded"
+
+
+class Timeout(ModelServeError):
+    """The model did not answer within the section's `timeout_s` (504)."""
+
+    status_code = 504
+    error_type = "Timeout"
 
 
 class ModelError(ModelServeError):

@@ -47,17 +47,19 @@ def fit_problems(sections: Iterable[SectionSpec], cluster: ClusterResources) -> 
                     f"[{spec.section}] {field} = {_amount(need)}: each replica needs {_amount(need)} {kind}, and no "
                     f"node of the cluster has more than {_amount(biggest)}; lower {field} or add a node that has it"
                 )
-        if spec.max_replicas_per_node is not None and spec.replicas > spec.max_replicas_per_node * len(cluster.nodes):
+        if spec.max_replicas_per_node is not None and spec.replicas.min > spec.max_replicas_per_node * len(
+            cluster.nodes
+        ):
             problems.append(
                 f"[{spec.section}] replicas = {spec.replicas}: at most {spec.max_replicas_per_node} per node "
                 f"(max_replicas_per_node) on {len(cluster.nodes)} node(s); lower replicas or add nodes"
             )
     for kind, field in _KINDS:
-        wanted = [(s, s.replicas * float(getattr(s, field))) for s in specs]
+        wanted = [(s, s.replicas.min * float(getattr(s, field))) for s in specs]  # what autoscaling keeps
         need = sum(amount for _, amount in wanted)
         free = cluster.free_for_us(kind)
         if need > free + _EPSILON:
-            parts = ", ".join(f"[{s.section}] {s.replicas} x {_amount(getattr(s, field))}" for s, a in wanted if a)
+            parts = ", ".join(f"[{s.section}] {s.replicas.min} x {_amount(getattr(s, field))}" for s, a in wanted if a)
             problems.append(
                 f"the sections need {_amount(need)} {kind} in all ({parts}; replicas x {field}), and the cluster has "
                 f"{_amount(free)} of its {_amount(cluster.total(kind))} free for them; lower replicas or {field}, "

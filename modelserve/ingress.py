@@ -12,7 +12,7 @@ import asyncio
 import importlib
 import logging
 import os
-import sys
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,20 +24,28 @@ from ray.serve.exceptions import RayServeException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelserve import envelope, inputs, openapi, raycompat, streaming
-from modelserve.backend import Backend, create_backend, has_batch_method, has_infer_method, has_stream_method
+from modelserve import accesslog, auth, envelope, inputs, openapi, raycompat, streaming
+from modelserve.backend import (
+    Backend,
+    create_backend,
+    has_batch_method,
+    has_infer_method,
+    has_stream_method,
+    load_backend_class,
+)
 from modelserve.envelope import RawResponse
 from modelserve.errors import (
     BadRequest,
     MethodNotAllowed,
     ModelError,
-    ModelLoadError,
     ModelServeError,
     NotFound,
     PayloadTooLarge,
+    Timeout,
 )
+from modelserve.metrics import SectionMetrics
 from modelserve.replica_spec import ReplicaArgs, ReplicaConfig
-from modelserve.warmup import WarmupError, read_warmup
+from modelserve.warmup import run_warmup
 
 logger = logging.getLogger("ray.serve")
 
@@ -53,39 +61,19 @@ def _replica_id() -> str:
         return f"pid-{os.getpid()}"
 
 
-def use_uploaded_package(package: str, search_path: str | None = None) -> str | None:
-    """Put the uploaded snapshot of `algopkg/<package>` first on sys.path, so a stray `algopkg/`
-    (the worker's cwd, a project on PYTHONPATH) never shadows the code the section was deployed with.
-
-    Ray puts a section's `py_modules` first on PYTHONPATH; the first entry holding the
-    package is the upload. Returns that entry, or None where there is none (tests, local runs).
-    """
-    path = os.environ.get("PYTHONPATH", "") if search_path is None else search_path
-    entry = next((e for e in path.split(os.pathsep) if e and Path(e, "algopkg", package, "backend.py").is_file()), None)
-    if entry is None:
-        return None
-    sys.path[:] = [entry, *(p for p in sys.path if p != entry)]
-    loaded = sys.modules.get("algopkg")
-    if loaded is not None and not any(str(p).startswith(entry) for p in getattr(loaded, "__path__", [])):
-        for name in [m for m in sys.modules if m == "algopkg" or m.startswith("algopkg.")]:
-            del sys.modules[name]
-    return entry
-
-
-def load_backend_class(package: str, class_name: str) -> type:
-    use_uploaded_package(package)
-    module = importlib.import_module(f"algopkg.{package}.backend")
-    cls = getattr(module, class_name)
-    if not isinstance(cls, type):
-        raise TypeError(f"algopkg.{package}.backend.{class_name} is not a class")
-    return cls
-
-
 class ModelReplica:
     """One replica of one conf.ini section (a Ray Serve deployment class)."""
 
     def __init__(self, spec: ReplicaArgs) -> None:
+        started = time.monotonic()
         raycompat.mend_redirected_print()
+        self._metrics = SectionMetrics(spec.section)
+        self._busy_since: float | None = None
+        self._timeout_s = 60.0
+        self._api_keys: tuple[str, ...] = ()
+        self._access_json = False
+        self._batch_sizes: dict[str, int] = {}
+        self._active = 0  # requests in this replica now (the in-flight gauge, set on each health check)
         self._headers = {REPLICA_HEADER: _replica_id()}
         self._methods = spec.methods
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
@@ -104,31 +92,11 @@ class ModelReplica:
         # One batch queue per replica (a decorated method would share one queue per class). Ray's
         # `serve.batch` is untyped; its wrapper adds set_max_batch_size and set_batch_wait_timeout_s.
         self._infer_batched: Any = cast(Any, serve.batch)(max_batch_size=1, batch_wait_timeout_s=0.0)(self._infer_batch)
+        self._metrics.load_seconds.set(time.monotonic() - started, {"phase": "load"})
         self._warmup: Path | None = None
         if spec.warmup:
             package_dir = Path(importlib.import_module(f"algopkg.{spec.package}").__path__[0])
             self._warmup = package_dir / spec.warmup
-
-    def _warm_up(self, path: Path) -> None:
-        try:
-            requests = read_warmup(path)
-        except WarmupError as exc:
-            raise ModelLoadError(str(exc)) from None
-        if self._params_model is not None:
-            try:
-                requests = [inputs.validate(self._params_model, params) for params in requests]
-            except BadRequest as exc:
-                raise ModelLoadError(f"{path.name}: a warm-up request does not fit Params: {exc}") from None
-        for params in requests:
-            try:
-                if self._has_infer or not self._streams:
-                    self._backend.infer(params)
-                else:
-                    list(getattr(self._backend, "infer_stream")(params))  # noqa: B009 (not on Backend)
-            except Exception as exc:
-                raise ModelLoadError(f"warm-up request {params!r} failed: {exc!r}") from exc
-        if self._own_batch:
-            self._backend.infer_batch(requests)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Ray Serve calls this with `user_config` while the replica starts (before it is ready)
@@ -138,52 +106,100 @@ class ModelReplica:
         self._max_batch_size = config.max_batch_size
         self._batch_wait_s = config.batch_wait_ms / 1000
         self._max_body = config.max_body_kb * 1024
+        self._timeout_s = config.timeout_s
+        self._api_keys = config.api_keys
+        if config.access_log_json and not self._access_json:
+            accesslog.open_in_replica_log()
+        self._access_json = config.access_log_json
         self._infer_batched.set_max_batch_size(self._max_batch_size)
         self._backend.reconfigure(dict(config.user))
         if self._warmup is not None:
             warmup, self._warmup = self._warmup, None
-            self._warm_up(warmup)
+            started = time.monotonic()
+            run_warmup(self._backend, warmup)
+            self._metrics.load_seconds.set(time.monotonic() - started, {"phase": "warmup"})
 
     def check_health(self) -> None:
+        """Unhealthy (Ray replaces the replica) once one model call has run far past `timeout_s`:
+        its requests have all been answered 504, and a stuck model thread would hold every later one."""
+        self._metrics.in_flight.set(self._active)
+        busy_since = self._busy_since
+        stuck_after = 3 * self._timeout_s + 10
+        if busy_since is not None and time.monotonic() - busy_since > stuck_after:
+            raise RuntimeError(f"one model call has run for over {stuck_after:g} s (3 x timeout_s + 10); restarting")
         self._backend.check_health()
+
+    def _on_model_thread(self, fn: Callable[[Any], Any], arg: Any) -> Any:
+        self._busy_since = time.monotonic()
+        try:
+            return fn(arg)
+        finally:
+            self._busy_since = None
 
     async def __call__(self, request: Request) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        started = time.perf_counter()
+        self._active += 1
         try:
-            answer = await self._route(request, request_id)
-            if isinstance(answer, Response):
-                return answer
-            if isinstance(answer, RawResponse):
-                headers = {**self._headers, "x-request-id": request_id, **answer.headers}
-                return Response(answer.body, media_type=answer.content_type, headers=headers)
-            body = envelope.success(answer, self._backend.info, request_id)
-            return Response(envelope.dumps(body), media_type="application/json", headers=self._headers)
-        except ModelServeError as exc:
-            return self._error(exc, request_id)
-        except Exception:
-            logger.exception("request %s: unexpected error", request_id)
-            return self._error(ModelError(f"internal error; see the replica log for request {request_id}"), request_id)
+            response, counted = await self._answer(request, request_id)
+        finally:
+            self._active -= 1
+        if counted:  # probes (`/ping`, `/openapi.json`) are not requests
+            latency_ms = (time.perf_counter() - started) * 1000
+            self._metrics.answered(response.status_code, latency_ms)
+            if self._access_json:
+                batch_size = self._batch_sizes.pop(request_id, 1)
+                accesslog.write(request, request_id, self._section, response.status_code, latency_ms, batch_size)
+        return response
 
-    async def _route(self, request: Request, request_id: str) -> Any:
+    async def _answer(self, request: Request, request_id: str) -> tuple[Response, bool]:
         path = request.scope["path"]
         root = request.scope.get("root_path", "")
         sub = path[len(root) :] if root and path.startswith(root) else path
         sub = sub.rstrip("/")
-        if sub == "/ping":
-            return "pong"
-        if sub == "/openapi.json":
-            return Response(self._openapi_document(root), media_type="application/json", headers=self._headers)
-        if sub:
-            verbs = " or ".join(self._methods)
-            raise NotFound(f"no such path {path!r}; {verbs} params to {root or '/'}, or GET {root}/ping")
-        if request.method not in self._methods:
-            raise MethodNotAllowed(request.method, self._methods)
+        try:
+            if sub == "/ping":
+                return self._success("pong", request_id), False
+            if sub == "/openapi.json":
+                document = self._openapi_document(root)
+                return Response(document, media_type="application/json", headers=self._headers), False
+            if sub:
+                verbs = " or ".join(self._methods)
+                raise NotFound(f"no such path {path!r}; {verbs} params to {root or '/'}, or GET {root}/ping")
+            auth.require_key(request.headers, self._api_keys)
+            if request.method not in self._methods:
+                raise MethodNotAllowed(request.method, self._methods)
+            answer = await self._route(request, request_id)
+            if isinstance(answer, Response):
+                return answer, True
+            if isinstance(answer, RawResponse):
+                headers = {**self._headers, "x-request-id": request_id, **answer.headers}
+                return Response(answer.body, media_type=answer.content_type, headers=headers), True
+            return self._success(answer, request_id), True
+        except ModelServeError as exc:
+            return self._error(exc, request_id), True
+        except Exception:
+            logger.exception("request %s: unexpected error", request_id)
+            error = ModelError(f"internal error; see the replica log for request {request_id}")
+            return self._error(error, request_id), True
+
+    def _success(self, result: Any, request_id: str) -> Response:
+        body = envelope.dumps(envelope.success(result, self._backend.info, request_id))
+        return Response(body, media_type="application/json", headers=self._headers)
+
+    async def _route(self, request: Request, request_id: str) -> Any:
         params: Any = inputs.parse_params(
             await self._body(request), request.query_params, request.headers.get("content-type", "")
         )
         if self._params_model is not None:
             params = inputs.validate(self._params_model, params)
-        if self._streams:
+        try:
+            return await asyncio.wait_for(self._infer(request, params, request_id), self._timeout_s)
+        except asyncio.TimeoutError:
+            raise Timeout(f"the model did not answer within {self._timeout_s:g} s (the section's timeout_s)") from None
+
+    async def _infer(self, request: Request, params: Any, request_id: str) -> Any:
+        if self._streams:  # the timeout covers the first item
             produced = await self._run(getattr(self._backend, "infer_stream"), params, request_id)  # noqa: B009
             stream = streaming.ItemStream(produced, self._pool)
             return await streaming.respond(stream, request.headers.get("accept", ""), request_id, self._headers)
@@ -244,7 +260,7 @@ class ModelReplica:
         """Run model code on the replica's one model thread, so the event loop stays free."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, fn, arg)
+            return await loop.run_in_executor(self._pool, self._on_model_thread, fn, arg)
         except ModelServeError:
             raise
         except Exception as exc:
@@ -256,17 +272,21 @@ class ModelReplica:
 
         Serve's batch queue (`_infer_batched`, made per replica in `__init__`) calls it."""
         loop = asyncio.get_running_loop()
+        if len(batch) > 1:
+            self._metrics.batch_size.observe(len(batch))
+            if self._access_json:
+                self._batch_sizes.update((request_id, len(batch)) for request_id in request_ids)
         if not self._own_batch:  # one hand-off to the model thread for all, each answered on its own
-            return await loop.run_in_executor(self._pool, self._each, batch)
+            return await loop.run_in_executor(self._pool, self._on_model_thread, self._each, batch)
         try:
-            results = await loop.run_in_executor(self._pool, self._backend.infer_batch, batch)
+            results = await loop.run_in_executor(self._pool, self._on_model_thread, self._backend.infer_batch, batch)
         except Exception as exc:
             if len(batch) == 1 and not self._has_infer:
                 return [exc]
             # One bad item must not fail its neighbours: each request is answered on its own.
             log = logger.debug if isinstance(exc, BadRequest) else logger.warning  # a client's mistake is no alarm
             log("requests %s: infer_batch raised %r; answering them one by one", request_ids, exc)
-            return await loop.run_in_executor(self._pool, self._each, batch)
+            return await loop.run_in_executor(self._pool, self._on_model_thread, self._each, batch)
         if not isinstance(results, list) or len(results) != len(batch):
             size = len(results) if isinstance(results, list) else type(results).__name__
             raise ModelError(f"infer_batch returned {size} results for a batch of {len(batch)}; return one per request")

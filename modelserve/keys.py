@@ -101,6 +101,34 @@ def number(low: float, high: float) -> Callable[[str], float]:
     return _in_range(float, low, high, "a number")
 
 
+@dataclass(frozen=True)
+class Replicas:
+    """`replicas = 4` (fixed) or `replicas = 1-4` (Ray Serve's autoscaling; `0-4` scales to zero)."""
+
+    min: int
+    max: int
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.min != self.max
+
+    def __str__(self) -> str:
+        return f"{self.min}-{self.max}" if self.autoscaling else str(self.max)
+
+
+def replicas(raw: str) -> Replicas:
+    low, dash, high = raw.partition("-")
+    try:
+        bounds = (int(low), int(high)) if dash else (int(raw), int(raw))
+    except ValueError:
+        bounds = (-1, -1)
+    if not (0 <= bounds[0] <= bounds[1] <= 1024 and bounds[1] >= 1 and (dash or bounds[0] >= 1)):
+        raise Invalid(
+            "must be a whole number from 1 to 1024, or a range MIN-MAX such as 1-4 (autoscaling; 0-4 scales to zero)"
+        )
+    return Replicas(*bounds)
+
+
 def optional_whole(low: int, high: int) -> Callable[[str], int | None]:
     inner = whole(low, high)
 
@@ -158,8 +186,9 @@ def json_object(raw: str) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise Invalid(f'must be a JSON object such as {{"threshold": 0.5}} ({exc.msg})') from None
+    except (ValueError, RecursionError) as exc:  # also a number of 4300+ digits, or nesting 1000+ deep
+        why = exc.msg if isinstance(exc, json.JSONDecodeError) else "a number too long or nesting too deep"
+        raise Invalid(f'must be a JSON object such as {{"threshold": 0.5}} ({why})') from None
     if not isinstance(value, dict):
         raise Invalid('must be a JSON object such as {"threshold": 0.5}')
     return value
@@ -178,6 +207,14 @@ def on_off(raw: str) -> bool:
     if raw.lower() not in _BOOLS:
         raise Invalid("must be on or off")
     return _BOOLS[raw.lower()]
+
+
+def access_log(raw: str) -> str:
+    if raw.lower() == "json":
+        return "json"
+    if raw.lower() not in _BOOLS:
+        raise Invalid("must be off, on (Ray Serve's line per request) or json (one JSON line per request)")
+    return "on" if _BOOLS[raw.lower()] else "off"
 
 
 def ingress(raw: str) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelserve import raycompat
+from modelserve import auth, fallback, raycompat
 from modelserve.keys import IN_PLACE, ROLL_OUT
 from modelserve.replica_spec import ReplicaArgs, ReplicaConfig
 from modelserve.settings import SECTION_KEYS, Config, SectionSpec
@@ -70,24 +70,48 @@ def replica_args(spec: SectionSpec, config: Config, model_digest: str) -> Replic
     )
 
 
-def replica_config(spec: SectionSpec) -> ReplicaConfig:
-    return ReplicaConfig(dict(spec.user_config), spec.max_batch_size, spec.batch_wait_ms, spec.max_body_kb)
+def replica_config(spec: SectionSpec, config: Config) -> ReplicaConfig:
+    key_file = config.api_keys_file(spec)
+    return ReplicaConfig(
+        user=dict(spec.user_config),
+        max_batch_size=spec.max_batch_size,
+        batch_wait_ms=spec.batch_wait_ms,
+        max_body_kb=spec.max_body_kb,
+        timeout_s=spec.timeout_s,
+        api_keys=auth.read_key_file(key_file) if key_file else (),
+        access_log_json=config.serve.access_log == "json",
+    )
 
 
-def deployment_options(spec: SectionSpec, access_log: bool = False) -> dict[str, Any]:
+def deployment_options(spec: SectionSpec, config: Config) -> dict[str, Any]:
     options: dict[str, Any] = {
         "name": spec.package,
-        "num_replicas": spec.replicas,
         "max_ongoing_requests": spec.max_ongoing_requests,
-        "user_config": replica_config(spec).to_json(),
+        "max_queued_requests": spec.queue_limit,
+        # Ray's replica answers a request beyond the queue itself, before our code runs: plain text, not
+        # our envelope; this makes it a 503 that tells the client when to come back.
+        "backpressure_config": {"status_code": 503, "retry_after_s": 1},
+        "user_config": replica_config(spec, config).to_json(),
         "ray_actor_options": {"num_cpus": spec.cpu_cost, "num_gpus": spec.gpu_cost},
         "max_surge_percent": MAX_SURGE_PERCENT,
         # Serve's per-request access log is off unless `[MODEL SERVE] access_log = on`, as in
         # gunicorn (its cost: bench/RESULTS.md). Errors are logged either way.
-        "logging_config": {"enable_access_log": access_log},
+        "logging_config": {"enable_access_log": config.serve.access_log == "on"},
     }
     if spec.max_replicas_per_node is not None:
         options["max_replicas_per_node"] = spec.max_replicas_per_node
+    if spec.replicas.autoscaling:
+        options["autoscaling_config"] = {
+            "min_replicas": spec.replicas.min,
+            "max_replicas": spec.replicas.max,
+            # The first apply starts one replica even with 0-N: it proves the model loads and warms up.
+            "initial_replicas": max(spec.replicas.min, 1),
+            "target_ongoing_requests": spec.target_ongoing_requests,
+            "upscale_delay_s": spec.upscale_delay_s,
+            "downscale_delay_s": spec.downscale_delay_s,
+        }
+    else:
+        options["num_replicas"] = spec.replicas.max
     return options
 
 
@@ -118,22 +142,29 @@ def application(spec: SectionSpec, config: Config, artifacts: Artifacts) -> dict
             **package_env(spec, artifacts),
         },
         "args": replica_args(spec, config, artifacts.model_digest[spec.section]).to_json(),
-        "deployments": [deployment_options(spec, config.serve.access_log)],
+        "deployments": [deployment_options(spec, config)],
     }
 
 
 def deploy_config(config: Config, artifacts: Artifacts) -> dict[str, Any]:
-    """The whole file as one `ServeDeploySchema` dict: applying it removes apps not in it."""
+    """The whole file as one `ServeDeploySchema` dict: applying it removes apps not in it.
+
+    With any section, it also holds `fallback`'s application: the 404 envelope for other paths."""
+    apps = [application(spec, config, artifacts) for spec in config.sections]
+    if apps:
+        modules = [artifacts.runtime_uri] if artifacts.runtime_uri else []
+        routes = [spec.route for spec in config.sections]
+        apps.append(fallback.application(routes, modules, raycompat.replica_env()))
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": config.serve.host, "port": config.serve.port},
-        "applications": [application(spec, config, artifacts) for spec in config.sections],
+        "applications": apps,
     }
 
 
 def schema_problems(desired: Mapping[str, Any]) -> list[str]:
     """What Ray itself would reject in a deploy config, as `[section]`-named problems."""
-    names = {app["name"]: app["args"]["section"] for app in desired.get("applications", [])}
+    names = {app["name"]: app["args"].get("section", app["name"]) for app in desired.get("applications", [])}
     problems = []
     for problem in raycompat.deploy_schema_problems(desired):
         where, _, msg = problem.partition(": ")
@@ -161,6 +192,8 @@ def diff(desired: Mapping[str, Any], running: Mapping[str, Mapping[str, Any]]) -
     """What applying `desired` does to each app, given `{name: deployed_app_config}` of what runs."""
     changes: list[Change] = []
     for app in desired["applications"]:
+        if app["name"] == fallback.APP_NAME:  # not a section: never in the table
+            continue
         current = running.get(app["name"])
         if current is None:
             action = "new"
@@ -172,7 +205,7 @@ def diff(desired: Mapping[str, Any], running: Mapping[str, Mapping[str, Any]]) -
             action = "unchanged"
         changes.append(Change(app["name"], action))
     wanted = {app["name"] for app in desired["applications"]}
-    changes.extend(Change(name, "remove") for name in running if name not in wanted)
+    changes.extend(Change(name, "remove") for name in running if name not in wanted and name != fallback.APP_NAME)
     return changes
 
 

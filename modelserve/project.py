@@ -28,6 +28,14 @@ def _defines_class(backend_py: Path, name: str) -> bool:
     return False
 
 
+def _is_file(path: Path) -> bool:
+    """`Path.is_file`, also False where the name is too long for the file system (an OSError)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def check_section(spec: SectionSpec, algopkg: Path, model_zoo: Path) -> list[str]:
     """Every problem of one section on disk, each naming `[section] key`, the value and the fix."""
     return [*_check_package(spec, algopkg), *_check_models(spec, model_zoo)]
@@ -37,7 +45,7 @@ def _check_package(spec: SectionSpec, algopkg: Path) -> list[str]:
     where = f"[{spec.section}]"
     package_dir = algopkg / spec.package
     backend_py = package_dir / "backend.py"
-    if not backend_py.is_file():
+    if not _is_file(backend_py):
         return [
             f"{where}: package {spec.package!r} not found: {backend_py} does not exist; "
             f"create algopkg/{spec.package}/backend.py or fix the section name"
@@ -49,6 +57,8 @@ def _check_package(spec: SectionSpec, algopkg: Path) -> list[str]:
         found = _defines_class(backend_py, spec.backend)
     except SyntaxError as exc:
         return [f"{where}: {backend_py} has a syntax error at line {exc.lineno}: {exc.msg}", *problems]
+    except ValueError as exc:  # not UTF-8 (a GBK or Latin-1 file), or a NUL byte
+        return [f"{where}: cannot parse {backend_py} ({exc}); save it as UTF-8 text", *problems]
     if not found:
         problems.insert(
             0,
@@ -62,7 +72,7 @@ def _check_warmup(spec: SectionSpec, package_dir: Path) -> list[str]:
     if not spec.warmup:
         return []
     path = package_dir / spec.warmup
-    if not path.is_file():
+    if not _is_file(path):
         return [
             f"[{spec.section}] warmup = {spec.warmup!r}: file not found in {package_dir}; "
             "put a JSON file of requests there or remove the key"
@@ -75,7 +85,7 @@ def _check_warmup(spec: SectionSpec, package_dir: Path) -> list[str]:
 
 
 def _check_env(spec: SectionSpec, package_dir: Path) -> list[str]:
-    if spec.env == "pip" and not (package_dir / "requirements.txt").is_file():
+    if spec.env == "pip" and not _is_file(package_dir / "requirements.txt"):
         return [
             f"[{spec.section}] env = 'pip': {package_dir / 'requirements.txt'} does not exist; "
             "list the package's dependencies there, or remove the key to use the nodes' environment"
@@ -88,5 +98,5 @@ def _check_models(spec: SectionSpec, zoo: Path) -> list[str]:
         f"[{spec.section}] model = {name!r}: file not found in model_zoo ({zoo / name}); "
         "put the file in Model_ZOO or fix the name"
         for name in spec.model_files
-        if not (zoo / name).is_file()
+        if not _is_file(zoo / name)
     ]

@@ -92,6 +92,21 @@ def refresh_auth_mode() -> None:
     Config.initialize("")
 
 
+#: The dashboard's node summary: each node's raylet record (GcsNodeInfo), with its metrics export port.
+NODE_SUMMARY_PATH = "/nodes?view=summary"
+
+
+def metrics_targets(summary: Mapping[str, Any]) -> list[str]:
+    """`http://ip:port/metrics` of each alive node's Ray metrics exporter, from NODE_SUMMARY_PATH."""
+    targets = []
+    for node in summary.get("summary") or []:
+        raylet = node.get("raylet") or {}
+        port = raylet.get("metricsExportPort")
+        if raylet.get("state") == "ALIVE" and port:
+            targets.append(f"http://{raylet.get('nodeManagerAddress')}:{port}/metrics")
+    return sorted(targets)
+
+
 def auth_headers() -> dict[str, str]:
     """The `Authorization` header for Ray's HTTP endpoints when token auth is on."""
     from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled

@@ -50,10 +50,15 @@ class ReplicaConfig:
     max_batch_size: int = 1
     batch_wait_ms: float = 0.0
     max_body_kb: int = 10240
+    timeout_s: float = 60.0
+    #: SHA-256 digests of the API keys the route accepts; empty = open.
+    api_keys: tuple[str, ...] = ()
+    #: One JSON line per request in the replica's log.
+    access_log_json: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "user": dict(self.user)}
+        return {**asdict(self), "user": dict(self.user), "api_keys": list(self.api_keys)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ReplicaConfig:
-        return cls(**data)
+        return cls(**{**data, "api_keys": tuple(data.get("api_keys", ()))})

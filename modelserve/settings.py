@@ -95,14 +95,25 @@ class ServeSettings:
         example="proxy",
         help="fast = HAProxy ingress; proxy = Ray Serve's Python proxy",
     )
-    access_log: bool = conf_key(
+    access_log: str = conf_key(
         "access_log",
-        keys.on_off,
+        keys.access_log,
         default="off",
         change=IN_PLACE,
-        example="on",
-        help="on = a line per request in each replica's log (costs throughput)",
+        example="json",
+        help="on = Ray Serve's line per request; json = one JSON line per request (both cost throughput)",
     )
+    api_keys: str = conf_key(
+        "api_keys",
+        keys.text,
+        default="",
+        change=IN_PLACE,
+        example="api_keys.txt",
+        help="file of API keys every route requires (relative to conf.ini); empty = open",
+    )
+
+    def key_file(self, value: str) -> Path | None:
+        return (self.root / value).resolve() if value else None
 
 
 @dataclass(frozen=True)
@@ -135,13 +146,37 @@ class SectionSpec:
         example="model.npz",
         help="model files in model_zoo, comma-separated, may be empty",
     )
-    replicas: int = conf_key(
+    replicas: keys.Replicas = conf_key(
         "replicas",
-        keys.whole(1, 1024),
+        keys.replicas,
         default="1",
         change=IN_PLACE,
         example="4",
-        help="number of replicas",
+        help="number of replicas, or MIN-MAX for autoscaling (0-4 scales to zero)",
+    )
+    target_ongoing_requests: float = conf_key(
+        "target_ongoing_requests",
+        keys.number(0.1, 100000),
+        default="2",
+        change=IN_PLACE,
+        example="4",
+        help="autoscaling: requests per replica it aims for",
+    )
+    upscale_delay_s: float = conf_key(
+        "upscale_delay_s",
+        keys.number(0, 3600),
+        default="30",
+        change=IN_PLACE,
+        example="5",
+        help="autoscaling: how long load must stay high before it adds replicas",
+    )
+    downscale_delay_s: float = conf_key(
+        "downscale_delay_s",
+        keys.number(0, 86400),
+        default="600",
+        change=IN_PLACE,
+        example="60",
+        help="autoscaling: how long load must stay low before it removes replicas (to zero with 0-N)",
     )
     gpu_cost: float = conf_key(
         "gpu_cost",
@@ -215,6 +250,30 @@ class SectionSpec:
         example="512",
         help="largest request body in KiB; larger ones get 413 before the model sees them",
     )
+    timeout_s: float = conf_key(
+        "timeout_s",
+        keys.number(0.001, 86400),
+        default="60",
+        change=IN_PLACE,
+        example="10",
+        help="a request whose inference runs longer gets 504",
+    )
+    max_queued: int | None = conf_key(
+        "max_queued",
+        keys.optional_whole(1, 1000000),
+        default="auto",
+        change=IN_PLACE,
+        example="100",
+        help="requests waiting for a replica beyond which new ones get 503 (auto = 4 x max_ongoing_requests)",
+    )
+    api_keys: str = conf_key(
+        "api_keys",
+        keys.text,
+        default="",
+        change=IN_PLACE,
+        example="team_keys.txt",
+        help="file of API keys for this route, replacing [MODEL SERVE] api_keys",
+    )
     warmup: str = conf_key(
         "warmup",
         keys.text,
@@ -231,6 +290,10 @@ class SectionSpec:
         example="pip",
         help="the package's Python environment: empty, pip, or conda:NAME",
     )
+
+    @property
+    def queue_limit(self) -> int:
+        return self.max_queued if self.max_queued is not None else 4 * self.max_ongoing_requests
 
     @property
     def app_name(self) -> str:
@@ -250,6 +313,10 @@ class Config:
     path: Path
     serve: ServeSettings
     sections: tuple[SectionSpec, ...]
+
+    def api_keys_file(self, spec: SectionSpec) -> Path | None:
+        """The key file that guards a section's route: its own, else `[MODEL SERVE]`'s, else none."""
+        return self.serve.key_file(spec.api_keys or self.serve.api_keys)
 
     @property
     def algopkg_dir(self) -> Path:

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from modelserve.fallback import APP_NAME
+
 HEALTHY = "HEALTHY"
 PACKAGE = "algopkg."
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -79,7 +81,7 @@ def app_row(name: str, app: Mapping[str, Any], base_url: str) -> Row:
 
 def rows(details: Mapping[str, Any], base_url: str, only: Iterable[str] | None = None) -> list[Row]:
     apps = details.get("applications") or {}
-    names = list(only) if only is not None else sorted(apps)
+    names = list(only) if only is not None else sorted(a for a in apps if a != APP_NAME)  # the 404 app is ours
     result = []
     for name in names:
         app = apps.get(name)

@@ -111,8 +111,16 @@ class Load:
     response) is recorded with status 0: it failed as surely as a 5xx did.
     """
 
-    def __init__(self, url: str, clients: int = 1, max_requests: int = 200_000, timeout_s: float = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        clients: int = 1,
+        max_requests: int = 200_000,
+        timeout_s: float = 10,
+        params: dict[str, Any] | None = None,
+    ) -> None:
         self.url, self.max_requests, self.timeout_s = url, max_requests, timeout_s
+        self.params = dict(params or {})
         self.results: list[tuple[float, int]] = []  # (time.monotonic(), HTTP status or 0)
         self.failures: list[tuple[float, int, object]] = []
         self.errors: list[BaseException] = []
@@ -127,7 +135,7 @@ class Load:
         try:
             while not self._stop.is_set() and len(self.results) < self.max_requests:
                 try:
-                    reply = call(self.url, {"n": len(self.results)}, timeout=self.timeout_s)
+                    reply = call(self.url, {**self.params, "n": len(self.results)}, timeout=self.timeout_s)
                     status, detail = reply.status, reply.body
                 except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, cut short
                     status, detail = 0, repr(exc)

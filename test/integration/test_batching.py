@@ -142,4 +142,4 @@ def test_a_plan_that_cannot_fit_fails_at_once_and_changes_nothing(
     err = capsys.readouterr().err
     assert expected in err and "nothing was changed" in err, err
     after = Cluster(cluster.dashboard_url).details()["applications"]
-    assert after.keys() == before.keys() == {"Batcher"}
+    assert after.keys() == before.keys() == {"Batcher", "modelserve-404"}

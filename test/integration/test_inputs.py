@@ -50,6 +50,7 @@ SECTIONS = (
     route = typed
     method = GET,POST
     cpu_cost = 0.25
+    warmup = typed_warmup.json
     """,
     """
     [algopkg.Inputs:stream]
@@ -209,6 +210,7 @@ def example_from(schema: dict[str, Any], components: dict[str, Any]) -> Any:
 
 
 def test_typed_params_are_validated_and_described_by_openapi(conf: Path, cluster: TestCluster) -> None:
+    """Warm-up ran through `Params` too: `Typed.infer` refuses a dict, so the section would not load."""
     url = f"{cluster.base_url}/typed"
     ok = call(url, {"text": "ab", "times": 2, "box": {"width": 2, "height": 3}})
     assert ok.status == 200 and ok.body["result"] == {"text": "abab", "area": 6}
@@ -234,7 +236,9 @@ def test_typed_params_are_validated_and_described_by_openapi(conf: Path, cluster
     free = requests.get(f"{cluster.base_url}/inputs/openapi.json", timeout=30).json()
     validate(free)
     free_schema = free["paths"]["/inputs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert json.dumps(free_schema).count('"additionalProperties": true') >= 1 or "$ref" in free_schema
+    if "$ref" in free_schema:
+        free_schema = free["components"]["schemas"][free_schema["$ref"].rsplit("/", 1)[1]]
+    assert free_schema == {"type": "object", "additionalProperties": True}, free_schema
 
 
 def test_controller_openapi_merges_every_section(conf: Path, tmp_path: Path) -> None:

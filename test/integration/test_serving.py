@@ -301,6 +301,9 @@ def test_removed_section_answers_404(project: Path, cluster: TestCluster, deploy
     assert code == 0 and call(f"{cluster.base_url}/extra", {}).status == 200, out
     code, out = apply(project, cluster, *BASE)
     assert code == 0 and "remove  Echo:extra" in out, out
-    # No section owns the path any more: the answer is Ray's own 404, not an envelope.
-    wait_for(lambda: call(f"{cluster.base_url}/extra", {}).status == 404, 30, "/extra to be gone")
+    # No section owns the path any more: the 404 envelope, naming the routes there are.
+    gone = wait_for(lambda: (r := call(f"{cluster.base_url}/extra", {})).status == 404 and r, 30, "/extra to be gone")
+    assert_error_envelope(gone, 404, "NotFound", "no route serves '/extra'; the routes here are: ")
+    assert "/extra," not in gone.body["error"]["message"] and "/echo" in gone.body["error"]["message"]
+    assert_error_envelope(call(f"{cluster.base_url}/never/was", method="GET"), 404, "NotFound", "/extract")
     assert call(f"{cluster.base_url}/extract", {"x": SAMPLES[0]["x"]}).status == 200

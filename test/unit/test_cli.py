@@ -70,7 +70,8 @@ def test_apply_sends_the_plan_and_reports_healthy(fake, tmp_path: Path, capsys: 
     assert main(["-c", str(conf)]) == 0
     out = capsys.readouterr().out
     (sent,) = fake.deployed
-    assert [a["name"] for a in sent["applications"]] == ["Echo"] and sent["http_options"]["port"] == 8123
+    assert [a["name"] for a in sent["applications"]] == ["Echo", "modelserve-404"]
+    assert sent["http_options"]["port"] == 8123
     assert "new  Echo" not in out and re.search(r"algopkg.Echo\s+http://127.0.0.1:8123/echo\s+1/1\s+HEALTHY", out)
 
 
@@ -155,7 +156,7 @@ def test_a_section_that_fails_its_update_gets_its_last_good_configuration_back(
     )
 
     def cluster(config: dict) -> None:
-        (app,) = config["applications"]
+        app, _not_found = config["applications"]
         if app == good["deployed_app_config"]:
             fake.details["applications"] = {"Echo": good}
         else:
@@ -168,7 +169,7 @@ def test_a_section_that_fails_its_update_gets_its_last_good_configuration_back(
     conf = write_conf(make_project(tmp_path), {"address": fake.url}, ECHO + 'user_config = {"lowercase": "yes"}\n')
     assert main(["-c", str(conf)]) == 1
     captured = capsys.readouterr()
-    assert [len(fake.deployed), fake.deployed[-1]["applications"]] == [2, [good["deployed_app_config"]]]
+    assert [len(fake.deployed), fake.deployed[-1]["applications"][0]] == [2, good["deployed_app_config"]]
     assert re.search(r"algopkg.Echo\s+\S+\s+2/2\s+HEALTHY", captured.out), captured.out
     assert (
         "[algopkg.Echo] was DEPLOY_FAILED, rolled back to its last good configuration: "

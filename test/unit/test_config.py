@@ -4,6 +4,7 @@ import pytest
 from helpers import make_project, write_conf
 
 from modelserve.config import ConfigError, load_config
+from modelserve.keys import Replicas
 
 EXAMPLE = """
 [algopkg.AlgoExample]
@@ -64,9 +65,10 @@ def test_a_user_s_extra_section_keeps_the_suite_green(project: Path) -> None:
 def test_defaults_and_original_keys(project: Path) -> None:
     config = load_config(write_conf(project, {"port": 666}, EXAMPLE))
     spec = config.sections[0]
-    assert config.serve.port == 666 and config.serve.address == "auto" and config.serve.access_log is False
-    assert load_config(write_conf(project, {"access_log": "On"}, EXAMPLE)).serve.access_log is True
-    assert (spec.replicas, spec.gpu_cost, spec.cpu_cost, spec.methods) == (1, 0.0, 1.0, ("GET",))
+    assert config.serve.port == 666 and config.serve.address == "auto" and config.serve.access_log == "off"
+    assert load_config(write_conf(project, {"access_log": "On"}, EXAMPLE)).serve.access_log == "on"
+    assert load_config(write_conf(project, {"access_log": "JSON"}, EXAMPLE)).serve.access_log == "json"
+    assert (str(spec.replicas), spec.gpu_cost, spec.cpu_cost, spec.methods) == ("1", 0.0, 1.0, ("GET",))
     assert spec.model_files == ("algoexample_model_v1.npz",) and spec.app_name == "AlgoExample"
 
 
@@ -74,7 +76,7 @@ def test_variants_of_one_package(project: Path) -> None:
     small = EXAMPLE.replace("[algopkg.AlgoExample]", "[algopkg.AlgoExample:small]").replace("extract", "small")
     config = load_config(write_conf(project, {}, EXAMPLE, small + "gpu_cost = 0.5\nreplicas = 2\n"))
     assert [s.app_name for s in config.sections] == ["AlgoExample", "AlgoExample:small"]
-    assert config.sections[1].gpu_cost == 0.5 and config.sections[1].replicas == 2
+    assert config.sections[1].gpu_cost == 0.5 and config.sections[1].replicas == Replicas(2, 2)
 
 
 @pytest.mark.parametrize(
@@ -140,7 +142,9 @@ def test_serve_section_errors(project: Path) -> None:
     assert any("[MODEL SERVE] port = 'http'" in p for p in found)
     assert any("[MODEL SERVE] colour: unknown key" in p for p in found)
     assert any("[MODEL SERVE] ingress = 'warp'" in p for p in found)
-    assert any("[MODEL SERVE] access_log = 'loud': must be on or off" in p for p in found)
+    assert any(
+        "[MODEL SERVE] access_log = 'loud': must be off, on (Ray Serve's line per request) or json" in p for p in found
+    )
 
 
 def test_all_problems_reported_at_once(project: Path) -> None:
@@ -175,7 +179,8 @@ def test_a_misspelled_key_gets_a_suggestion(project: Path) -> None:
 def test_a_fix_says_what_to_write(project: Path) -> None:
     found = problems(project, EXAMPLE + "replicas = lots\n")
     assert found == [
-        "[algopkg.AlgoExample] replicas = 'lots': must be a whole number from 1 to 1024 (fix: e.g. `replicas = 4`)"
+        "[algopkg.AlgoExample] replicas = 'lots': must be a whole number from 1 to 1024, or a range MIN-MAX such "
+        "as 1-4 (autoscaling; 0-4 scales to zero) (fix: e.g. `replicas = 4`)"
     ]
 
 
@@ -219,3 +224,18 @@ def test_a_missing_backend_says_what_to_write(project: Path) -> None:
         "[algopkg.AlgoExample] backend: missing; write e.g. `backend = Classifier` "
         "(class name in algopkg/<Package>/backend.py)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("1", "1"), ("4", "4"), ("1-4", "1-4"), ("0-3", "0-3"), ("2-2", "2"), (" 3 ", "3")]
+)
+def test_replicas_is_a_count_or_an_autoscaling_range(project: Path, raw: str, expected: str) -> None:
+    spec = load_config(write_conf(project, {}, EXAMPLE + f"replicas = {raw}\n")).sections[0]
+    assert str(spec.replicas) == expected and spec.replicas.autoscaling == ("-" in expected)
+
+
+@pytest.mark.parametrize("raw", ["0", "4-1", "-1", "1-", "a-b", "0-0", "1-2000", "1.5"])
+def test_a_bad_replicas_value_says_both_forms(project: Path, raw: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_conf(project, {}, EXAMPLE + f"replicas = {raw}\n"))
+    assert any("replicas" in p and "a range MIN-MAX such as 1-4" in p for p in caught.value.problems), caught.value

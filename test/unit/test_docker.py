@@ -27,7 +27,9 @@ def test_only_the_head_publishes_and_only_the_http_port_on_loopback() -> None:
 
 def test_compose_sets_only_variables_the_entrypoint_reads() -> None:
     known = {name for key in NODE_ENV for name in key.split(" / ")}
-    for name, service in compose()["services"].items():
+    services = compose()["services"]
+    assert {n for n, s in services.items() if s.get("command") in ("head", "worker")} == {"head", "worker"}
+    for name, service in ((n, services[n]) for n in ("head", "worker")):  # the Ray nodes
         assert set(service["environment"]) <= known, (name, set(service["environment"]) - known)
         assert "RAY_AUTH_TOKEN" in service["environment"]  # token auth on every node
     assert compose()["services"]["worker"]["environment"]["RAY_HEAD_ADDRESS"] == "head:6379"

@@ -1,10 +1,13 @@
 """Does a plan fit the cluster: per replica on some node, and in all."""
 
 from modelserve.fit import ClusterResources, fit_problems
+from modelserve.keys import Replicas
 from modelserve.settings import SectionSpec
 
 
 def spec(name: str = "algopkg.A", **values: object) -> SectionSpec:
+    if isinstance(values.get("replicas"), int):
+        values["replicas"] = Replicas(values["replicas"], values["replicas"])  # type: ignore[arg-type]
     return SectionSpec(section=name, package="A", backend="B", route=name.lower(), **values)  # type: ignore[arg-type]
 
 
@@ -38,3 +41,10 @@ def test_what_our_running_sections_hold_counts_as_free_and_others_use_does_not()
 def test_spread_needs_enough_nodes() -> None:
     (problem,) = fit_problems([spec(replicas=3, cpu_cost=0.1, max_replicas_per_node=1)], TWO_CPUS)
     assert problem.startswith("[algopkg.A] replicas = 3: at most 1 per node (max_replicas_per_node) on 1 node(s)")
+
+
+def test_autoscaling_sections_must_fit_at_their_minimum() -> None:
+    assert fit_problems([spec(replicas=Replicas(0, 8), cpu_cost=1.0)], TWO_CPUS) == []
+    assert fit_problems([spec(replicas=Replicas(2, 8), cpu_cost=1.0)], TWO_CPUS) == []
+    (problem,) = fit_problems([spec(replicas=Replicas(3, 8), cpu_cost=1.0)], TWO_CPUS)
+    assert "[algopkg.A] 3 x 1" in problem

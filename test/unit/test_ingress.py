@@ -14,7 +14,8 @@ from helpers import make_project
 from ray import serve
 from starlette.requests import Request
 
-from modelserve.ingress import ModelReplica, use_uploaded_package
+from modelserve.backend import use_uploaded_package
+from modelserve.ingress import ModelReplica
 from modelserve.replica_spec import ReplicaArgs, ReplicaConfig
 
 

@@ -32,6 +32,8 @@ def test_json_bodies_and_query_strings() -> None:
         parse_params(b"[1, 2]", {})
     with pytest.raises(BadRequest, match="not valid JSON"):
         parse_params(b"\xff\xfe", {})
+    with pytest.raises(BadRequest, match="nested too deeply"):
+        parse_params(b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}", {})
 
 
 def test_a_raw_body_is_one_file_beside_the_query() -> None:

@@ -1,11 +1,13 @@
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from helpers import make_project, write_conf
 
-from modelserve import plan
+from modelserve import auth, plan
 from modelserve.config import load_config
-from modelserve.keys import IN_PLACE, ROLL_OUT
+from modelserve.keys import IN_PLACE, ROLL_OUT, Replicas
 from modelserve.replica_spec import ReplicaArgs, ReplicaConfig
 from modelserve.settings import SECTION_KEYS, Config
 
@@ -33,10 +35,16 @@ def artifacts(uri: str = "gcs://_ray_pkg_a.zip", digest: str = "d1", runtime: st
 def test_one_application_per_section(config: Config) -> None:
     desired = plan.deploy_config(config, artifacts())
     assert desired["http_options"] == {"host": "127.0.0.1", "port": 9000}
-    (app,) = desired["applications"]
+    app, not_found = desired["applications"]
     assert (app["name"], app["route_prefix"], app["import_path"]) == ("Echo", "/echo", "modelserve.app:build")
     assert app["runtime_env"]["py_modules"] == ["gcs://rt.zip", "gcs://_ray_pkg_a.zip"]
     assert app["runtime_env"]["env_vars"]["MODEL_FILES"] == "echo_model.txt"
+    # Paths no section owns: our 404 envelope, from an app at "/" that holds no CPU.
+    assert (not_found["name"], not_found["route_prefix"]) == ("modelserve-404", "/")
+    (deployment,) = not_found["deployments"]
+    assert deployment["user_config"] == {"routes": ["echo"]} and deployment["ray_actor_options"]["num_cpus"] == 0
+    assert not_found["runtime_env"]["py_modules"] == ["gcs://rt.zip"]
+    assert plan.deploy_config(replace(config, sections=()), artifacts())["applications"] == []
     assert app["runtime_env"]["env_vars"]["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
     assert app["args"]["model_digest"] == "d1"
     (deployment,) = app["deployments"]
@@ -51,11 +59,31 @@ def test_one_application_per_section(config: Config) -> None:
 def test_access_log_is_a_deployment_option_that_updates_in_place(config: Config) -> None:
     from dataclasses import replace
 
-    loud = replace(config, serve=replace(config.serve, access_log=True))
+    loud = replace(config, serve=replace(config.serve, access_log="on"))
     desired = plan.deploy_config(loud, artifacts())
     assert desired["applications"][0]["deployments"][0]["logging_config"] == {"enable_access_log": True}
     running = running_copy(plan.deploy_config(config, artifacts()))
     assert plan.diff(desired, running) == [plan.Change("Echo", "update in place")]
+    as_json = plan.deploy_config(replace(config, serve=replace(config.serve, access_log="json")), artifacts())
+    (deployment,) = as_json["applications"][0]["deployments"]
+    assert deployment["logging_config"] == {"enable_access_log": False}  # ours instead of Ray's
+    assert deployment["user_config"]["access_log_json"] is True
+    assert plan.diff(as_json, running) == [plan.Change("Echo", "update in place")]
+
+
+def test_api_keys_travel_as_digests_and_rotate_in_place(config: Config, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# team A\nkey-one-0123456789abcdef\n\nsha256:" + "ab" * 32 + "\n")
+    guarded = replace(config, serve=replace(config.serve, root=tmp_path, api_keys="keys.txt"))
+    desired = plan.deploy_config(guarded, artifacts())
+    (deployment,) = desired["applications"][0]["deployments"]
+    assert deployment["user_config"]["api_keys"] == sorted([auth.digest("key-one-0123456789abcdef"), "ab" * 32])
+    assert "key-one" not in json.dumps(desired)  # only digests leave the controller
+    keys.write_text("key-two-0123456789abcdef\n")
+    rotated = plan.deploy_config(guarded, artifacts())
+    assert plan.diff(rotated, running_copy(desired)) == [plan.Change("Echo", "update in place")]
 
 
 def test_package_environments(config: Config) -> None:
@@ -94,7 +122,7 @@ def test_the_replica_contract_round_trips_through_json(config: Config) -> None:
     import json
 
     desired = plan.deploy_config(config, artifacts())
-    (app,) = desired["applications"]
+    app = desired["applications"][0]
     args = ReplicaArgs.from_json(json.loads(json.dumps(app["args"])))
     assert args == plan.replica_args(config.sections[0], config, "d1")
     assert (args.package, args.backend, args.model_files, args.methods) == (
@@ -120,7 +148,12 @@ def test_the_apply_table_says_what_each_key_declares(config: Config, name: str) 
     from dataclasses import replace
 
     field_name, key = SECTION_KEYS[name]
+    if name == "api_keys":  # its example names a key file
+        (config.serve.root / key.example).write_text("a-team-key-0123456789\n")
     spec = config.sections[0]
+    if name in ("target_ongoing_requests", "upscale_delay_s", "downscale_delay_s"):  # autoscaling's own keys
+        spec = replace(spec, replicas=Replicas(1, 4))
+        config = replace(config, sections=(spec,))
     changed = replace(spec, **{field_name: key.parse(key.example)})
     assert getattr(changed, field_name) != getattr(spec, field_name), f"the example of {name} is its current value"
     running = running_copy(plan.deploy_config(config, artifacts()))
@@ -149,3 +182,24 @@ def test_the_plan_passes_ray_s_own_schema_and_its_rejections_name_the_section(co
     desired["applications"][0]["deployments"][0]["max_ongoing_requests"] = 0
     (problem, *_) = plan.schema_problems(desired)
     assert problem.startswith("[algopkg.Echo] Ray Serve rejects deployments.0.max_ongoing_requests"), problem
+
+
+def test_a_replica_range_turns_on_rays_autoscaling_in_place(config: Config) -> None:
+    fixed = plan.deploy_config(config, artifacts())
+    (deployment,) = fixed["applications"][0]["deployments"]
+    assert deployment["num_replicas"] == 2 and "autoscaling_config" not in deployment
+    spec = replace(config.sections[0], replicas=Replicas(0, 3), downscale_delay_s=5.0)
+    scaled = plan.deploy_config(replace(config, sections=(spec,)), artifacts())
+    (deployment,) = scaled["applications"][0]["deployments"]
+    assert "num_replicas" not in deployment
+    assert deployment["autoscaling_config"] == {
+        "min_replicas": 0,
+        "max_replicas": 3,
+        "initial_replicas": 1,  # the first apply proves the model loads, then it may scale to zero
+        "target_ongoing_requests": 2.0,
+        "upscale_delay_s": 30.0,
+        "downscale_delay_s": 5.0,
+    }
+    assert plan.schema_problems(scaled) == []
+    assert plan.diff(scaled, running_copy(fixed)) == [plan.Change("Echo", "update in place")]
+    assert plan.diff(fixed, running_copy(scaled)) == [plan.Change("Echo", "update in place")]
