@@ -37,6 +37,8 @@ def read_key_file(path: Path) -> tuple[str, ...]:
     Raises:
         KeyFileError: unreadable, no key in it, a malformed digest, or a key too short to be safe.
     """
+    if path.exists() and not path.is_file():  # a FIFO or /dev/stdin would block `check` forever
+        raise KeyFileError(f"{path} is not a regular file; name a text file of keys")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -24,7 +24,9 @@ IMPORT_PATH = "modelserve.app:build"
 #: Start a replacement replica (at least one, 25% of the target) before stopping
 #: an old one: a new version that fails to load never takes down the running one.
 MAX_SURGE_PERCENT = 25
-_CODE_KEYS = ("import_path", "runtime_env", "args", "route_prefix")
+#: What Ray hashes into the replicas' code version: a change starts new replicas. A new
+#: `route_prefix` only re-routes the running ones (measured: same PIDs).
+_CODE_KEYS = ("import_path", "runtime_env", "args")
 
 
 @dataclass(frozen=True)
@@ -199,7 +201,9 @@ def diff(desired: Mapping[str, Any], running: Mapping[str, Mapping[str, Any]]) -
             action = "new"
         elif any(current.get(k) != app[k] for k in _CODE_KEYS):
             action = ROLL_OUT
-        elif not _deployments_match(current.get("deployments") or [], app["deployments"]):
+        elif current.get("route_prefix") != app["route_prefix"] or not _deployments_match(
+            current.get("deployments") or [], app["deployments"]
+        ):
             action = IN_PLACE
         else:
             action = "unchanged"

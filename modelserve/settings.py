@@ -134,7 +134,7 @@ class SectionSpec:
         "route",
         keys.route,
         default=None,
-        change=ROLL_OUT,
+        change=IN_PLACE,
         example="extract",
         help="HTTP path the section is served at",
     )
