@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -16,7 +17,7 @@ from urllib.parse import urlparse
 
 import requests
 
-from modelserve import bench, fallback, openapi, plan, status
+from modelserve import bench, openapi, plan, status, traffic
 from modelserve.apply import ERRORS_FILE, apply, validated, wait, warn_about_http_options
 from modelserve.cluster import Cluster, ClusterError, resolve_dashboard, stop_local_head
 from modelserve.config import ConfigError, load_config
@@ -130,7 +131,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     if dashboard is None:
         print("no Ray cluster is running; `python controller.py` starts one", file=sys.stderr)
         return EXIT_CLUSTER
-    return _report(status.rows(Cluster(dashboard).details(), base_url), details=True)
+    cluster = Cluster(dashboard)
+    details = cluster.details()
+    code = _report(status.rows(details, base_url), details=True)
+    if status.routers(details):
+        for line in status.traffic_lines(details, _mirrored(cluster)):
+            print(line)
+    return code
+
+
+def _mirrored(cluster: Cluster) -> dict[tuple[str, str], float]:
+    """`{(mirror section, outcome): copies}` summed over every node's metrics exporter."""
+    counts: dict[tuple[str, str], float] = {}
+    for target in cluster.metrics_targets():
+        try:
+            text = requests.get(target, timeout=5).text
+        except requests.RequestException:
+            continue
+        for labels, value in re.findall(r"^ray_modelserve_mirrored_total\{(.*?)\} (\S+)$", text, re.M):
+            tags = dict(re.findall(r'(\w+)="(.*?)"', labels))
+            key = (tags.get("section", ""), tags.get("outcome", ""))
+            counts[key] = counts.get(key, 0.0) + float(value)
+    return counts
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -147,7 +169,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     apps = list(cluster.details().get("applications") or {})
     cluster.apply({"applications": []})
     wait(cluster, [], apps, timeout_s)
-    print(f"removed {len([a for a in apps if a != fallback.APP_NAME])} section(s) from {dashboard}")
+    print(f"removed {len([a for a in apps if not traffic.is_ours(a)])} section(s) from {dashboard}")
     if args.stop_cluster:
         print("the cluster was not started by this controller; it keeps running")
     return 0
@@ -162,7 +184,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     apps = cluster.details().get("applications") or {}
     name = args.section.removeprefix(PACKAGE_PREFIX).strip("[]").removeprefix(PACKAGE_PREFIX)
     if name not in apps:
-        known = ", ".join(f"{PACKAGE_PREFIX}{a}" for a in sorted(apps) if a != fallback.APP_NAME) or "none"
+        known = ", ".join(f"{PACKAGE_PREFIX}{a}" for a in sorted(apps) if not traffic.is_ours(a)) or "none"
         raise UsageError(f"logs: no section {args.section!r} runs on the cluster (running: {known})")
     replicas = [r for d in (apps[name].get("deployments") or {}).values() for r in d.get("replicas") or []]
     replicas = [r for r in replicas if r.get("log_file_path") and r.get("node_id")]

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from modelserve import auth, keys
+from modelserve import auth, keys, traffic
 from modelserve.keys import Key
 from modelserve.project import check_section
 from modelserve.settings import SECTION_KEYS, SERVE_KEYS, Config, SectionSpec, ServeSettings
@@ -120,11 +120,13 @@ def _section_spec(parser: configparser.ConfigParser, name: str, problems: list[s
 
 
 def _check_routes(specs: list[SectionSpec], problems: list[str]) -> None:
-    """Each section owns its route and `<route>/ping`; no two sections may share a path."""
+    """Each route owns `<route>` and `<route>/ping`; sections share a route only by `traffic`
+    weights (traffic.py checks those)."""
     owner: dict[str, tuple[str, str]] = {}
+    routes = {s.section: s.route for s in specs}
     for spec in (s for s in specs if s.route):
         paths = ((spec.route, "route"), (f"{spec.route}/ping", "health check"))
-        clash = next(((p, owner[p]) for p, _ in paths if p in owner), None)
+        clash = next(((p, owner[p]) for p, _ in paths if p in owner and routes[owner[p][0]] != spec.route), None)
         if clash is not None:
             path, (other, what) = clash
             problems.append(
@@ -163,6 +165,7 @@ def load_config(path: Path | str) -> Config:
             problems.extend(check_section(spec, path.parent / "algopkg", serve.model_zoo))
             specs.append(spec)
     _check_routes(specs, problems)
+    problems.extend(traffic.problems([s for s in specs if s.route]))
     _check_key_files(serve, specs, problems)
     if problems:
         raise ConfigError(path, problems)

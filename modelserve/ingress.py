@@ -22,7 +22,7 @@ from typing import Any, cast
 from ray import serve
 from ray.serve.exceptions import RayServeException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from modelserve import accesslog, auth, envelope, inputs, openapi, raycompat, streaming
 from modelserve.backend import (
@@ -151,6 +151,37 @@ class ModelReplica:
                 batch_size = self._batch_sizes.pop(request_id, 1)
                 accesslog.write(request, request_id, self._section, response.status_code, latency_ms, batch_size)
         return response
+
+    async def handle_http(self, payload: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+        """A request forwarded by a route's router (router.py), answered as over HTTP.
+
+        A streamed answer is collected whole: a route behind a router does not stream."""
+        scope = {
+            "type": "http",
+            "http_version": "1.1",
+            "method": payload["method"],
+            "scheme": "http",
+            "path": payload["path"],
+            "raw_path": payload["path"].encode(),
+            "root_path": payload["root_path"],
+            "query_string": payload["query_string"],
+            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in payload["headers"]],
+            "client": None,
+            "server": None,
+        }
+        body = payload["body"]
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        response = await self(Request(scope, receive))
+        if isinstance(response, StreamingResponse):
+            chunks = [chunk async for chunk in response.body_iterator]
+            content = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
+        else:
+            content = bytes(response.body)
+        headers = [(k, v) for k, v in response.headers.items() if k.lower() != "content-length"]
+        return response.status_code, headers, content
 
     async def _answer(self, request: Request, request_id: str) -> tuple[Response, bool]:
         path = request.scope["path"]

@@ -209,6 +209,16 @@ def on_off(raw: str) -> bool:
     return _BOOLS[raw.lower()]
 
 
+def sticky(raw: str) -> str:
+    """`header:<name>` -> the lower-case header name ("" = no stickiness)."""
+    if not raw:
+        return ""
+    kind, _, name = raw.partition(":")
+    if kind != "header" or not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name):
+        raise Invalid("must be header:<name>, e.g. header:x-user-id")
+    return name.lower()
+
+
 def access_log(raw: str) -> str:
     if raw.lower() == "json":
         return "json"

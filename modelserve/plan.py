@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelserve import auth, fallback, raycompat
+from modelserve import auth, fallback, raycompat, traffic
 from modelserve.keys import IN_PLACE, ROLL_OUT
 from modelserve.replica_spec import ReplicaArgs, ReplicaConfig
 from modelserve.settings import SECTION_KEYS, Config, SectionSpec
@@ -151,12 +151,20 @@ def application(spec: SectionSpec, config: Config, artifacts: Artifacts) -> dict
 def deploy_config(config: Config, artifacts: Artifacts) -> dict[str, Any]:
     """The whole file as one `ServeDeploySchema` dict: applying it removes apps not in it.
 
-    With any section, it also holds `fallback`'s application: the 404 envelope for other paths."""
+    With any section, it also holds `fallback`'s application (the 404 envelope for other paths),
+    and a router application per shared or mirrored route (`traffic`)."""
+    shared = traffic.routed(config.sections)
     apps = [application(spec, config, artifacts) for spec in config.sections]
+    for app, spec in zip(apps, config.sections, strict=True):
+        if spec.route in shared:
+            app["route_prefix"] = None  # reached through the route's router
+    modules = [artifacts.runtime_uri] if artifacts.runtime_uri else []
+    env = raycompat.replica_env()
+    for route, group in shared.items():
+        apps.append(traffic.router_application(route, group, config.sections, modules, env))
     if apps:
-        modules = [artifacts.runtime_uri] if artifacts.runtime_uri else []
-        routes = [spec.route for spec in config.sections]
-        apps.append(fallback.application(routes, modules, raycompat.replica_env()))
+        routes = sorted({spec.route for spec in config.sections})
+        apps.append(fallback.application(routes, modules, env))
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": config.serve.host, "port": config.serve.port},
@@ -194,7 +202,7 @@ def diff(desired: Mapping[str, Any], running: Mapping[str, Mapping[str, Any]]) -
     """What applying `desired` does to each app, given `{name: deployed_app_config}` of what runs."""
     changes: list[Change] = []
     for app in desired["applications"]:
-        if app["name"] == fallback.APP_NAME:  # not a section: never in the table
+        if app["name"] == fallback.APP_NAME:  # the 404 answer: never in the table
             continue
         current = running.get(app["name"])
         if current is None:

@@ -274,6 +274,38 @@ class SectionSpec:
         example="team_keys.txt",
         help="file of API keys for this route, replacing [MODEL SERVE] api_keys",
     )
+    traffic: int | None = conf_key(
+        "traffic",
+        keys.optional_whole(0, 100),
+        default="",
+        change=IN_PLACE,
+        example="10",
+        help="percent of its route's requests, where sections share a route (canary)",
+    )
+    sticky: str = conf_key(
+        "sticky",
+        keys.sticky,
+        default="",
+        change=IN_PLACE,
+        example="header:x-user-id",
+        help="send one client's requests to one section of a shared route, keyed by a header",
+    )
+    mirror_of: str = conf_key(
+        "mirror_of",
+        keys.text,
+        default="",
+        change=IN_PLACE,
+        example="algopkg.AlgoExample",
+        help="receive a copy of that section's requests; the answers are discarded",
+    )
+    mirror_percent: int = conf_key(
+        "mirror_percent",
+        keys.whole(1, 100),
+        default="100",
+        change=IN_PLACE,
+        example="10",
+        help="with mirror_of: the percent of requests copied",
+    )
     warmup: str = conf_key(
         "warmup",
         keys.text,

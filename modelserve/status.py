@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from modelserve.fallback import APP_NAME
+from modelserve.traffic import ROUTER_PREFIX, is_ours
 
 HEALTHY = "HEALTHY"
 PACKAGE = "algopkg."
@@ -81,15 +81,44 @@ def app_row(name: str, app: Mapping[str, Any], base_url: str) -> Row:
 
 def rows(details: Mapping[str, Any], base_url: str, only: Iterable[str] | None = None) -> list[Row]:
     apps = details.get("applications") or {}
-    names = list(only) if only is not None else sorted(a for a in apps if a != APP_NAME)  # the 404 app is ours
+    names = list(only) if only is not None else sorted(a for a in apps if not is_ours(a))  # routers, the 404 app
+    behind = {t["section"]: route for route, config in routers(details).items() for t in config["targets"]}
     result = []
     for name in names:
         app = apps.get(name)
         if app is None:
             result.append(Row(section=f"{PACKAGE}{name}", url="", ready=0, target=0, status="MISSING"))
         else:
-            result.append(app_row(name, app, base_url))
+            row = app_row(name, app, base_url)
+            if row.section in behind:  # served through its route's router
+                row = replace(row, url=f"{base_url}{behind[row.section]}")
+            result.append(row)
     return result
+
+
+def routers(details: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """`{"/route": the router's user_config}` of every shared or mirrored route."""
+    found = {}
+    for app in (details.get("applications") or {}).values():
+        config = app.get("deployed_app_config") or {}
+        if config.get("name", "").startswith(ROUTER_PREFIX):
+            (deployment,) = config.get("deployments") or [{}]
+            found[config.get("route_prefix") or ""] = deployment.get("user_config") or {}
+    return found
+
+
+def traffic_lines(details: Mapping[str, Any], mirrored: Mapping[tuple[str, str], float]) -> list[str]:
+    """One line per shared route (its split) and per mirror (its counts, `{(section, outcome): n}`)."""
+    lines = []
+    for route, config in sorted(routers(details).items()):
+        split = ", ".join(f"{t['section']} {t['weight']}%" for t in config.get("targets", []))
+        sticky = f" (sticky by header {config['sticky']})" if config.get("sticky") else ""
+        lines.append(f"{route}: {split}{sticky}")
+        for primary, mirrors in sorted((config.get("mirrors") or {}).items()):
+            for m in mirrors:
+                counts = ", ".join(f"{o} {mirrored.get((m['section'], o), 0):g}" for o in ("sent", "failed", "dropped"))
+                lines.append(f"  mirror {m['section']} <- {primary} ({m['percent']}%): {counts}")
+    return lines
 
 
 def app_healthy(app: Mapping[str, Any] | None) -> bool:

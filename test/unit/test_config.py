@@ -121,9 +121,9 @@ def test_duplicate_routes_and_ping_collisions(project: Path) -> None:
     twin = EXAMPLE.replace("[algopkg.AlgoExample]", "[algopkg.Echo]").replace("algo_backend", "Echo")
     twin = twin.replace("algoexample_model_v1.npz", "echo_model.txt")
     found = problems(project, EXAMPLE, twin)
-    assert any(
-        "[algopkg.Echo] route = 'extract': /extract is already the route of [algopkg.AlgoExample]" in p for p in found
-    )
+    (clash,) = found
+    assert clash.startswith("[algopkg.Echo] route = 'extract': /extract is already the route of [algopkg.AlgoExample]")
+    assert "give each section its own route, or give every section of the route a `traffic` percent" in clash
     found = problems(project, EXAMPLE, twin.replace("route = extract", "route = extract/ping"))
     assert any("health check of [algopkg.AlgoExample]" in p for p in found)
 
@@ -239,3 +239,46 @@ def test_a_bad_replicas_value_says_both_forms(project: Path, raw: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(write_conf(project, {}, EXAMPLE + f"replicas = {raw}\n"))
     assert any("replicas" in p and "a range MIN-MAX such as 1-4" in p for p in caught.value.problems), caught.value
+
+
+def accepted(project: Path, *sections: str) -> bool:
+    return bool(load_config(write_conf(project, {}, *sections)).sections)
+
+
+def test_sections_share_a_route_by_traffic_percents_that_add_up_to_100(project: Path) -> None:
+    twin = EXAMPLE.replace("[algopkg.AlgoExample]", "[algopkg.AlgoExample:v2]")
+    assert accepted(project, EXAMPLE + "traffic = 90\n", twin + "traffic = 10\n")
+    assert accepted(project, EXAMPLE + "traffic = 0\n", twin + "traffic = 100\n")
+    assert accepted(project, EXAMPLE + "traffic = 30\n")  # alone on its route: it means 100
+    found = problems(project, EXAMPLE + "traffic = 90\n", twin + "traffic = 20\n")
+    assert found == [
+        "[algopkg.AlgoExample] traffic: the sections of /extract add up to 110, not 100 "
+        "([algopkg.AlgoExample] 90, [algopkg.AlgoExample:v2] 20); make them add up to 100"
+    ]
+    assert accepted(project, EXAMPLE + "traffic = 90\n", twin + "traffic = 10\n" + "sticky = header:x-a\n")
+    both = problems(
+        project, EXAMPLE + "traffic = 90\nsticky = header:x-b\n", twin + "traffic = 10\nsticky = header:x-a\n"
+    )
+    assert any("sticky: the sections of /extract name different headers" in p for p in both)
+    bad = problems(project, EXAMPLE + "sticky = cookie:id\n")
+    assert any("sticky = 'cookie:id': must be header:<name>" in p for p in bad)
+
+
+def test_a_mirror_names_its_primary(project: Path) -> None:
+    shadow = EXAMPLE.replace("[algopkg.AlgoExample]", "[algopkg.AlgoExample:shadow]").replace("extract", "shadow")
+    assert accepted(project, EXAMPLE, shadow + "mirror_of = algopkg.AlgoExample\nmirror_percent = 10\n")
+    assert accepted(project, EXAMPLE, shadow + "mirror_of = AlgoExample\n")
+    for value, message in [
+        ("algopkg.Nope", "no such section in this file"),
+        ("algopkg.AlgoExample:shadow", "a section cannot mirror itself"),
+    ]:
+        (found,) = problems(project, EXAMPLE, shadow + f"mirror_of = {value}\n")
+        assert found.startswith(f"[algopkg.AlgoExample:shadow] mirror_of = {value!r}: {message}"), found
+    chain = shadow.replace(":shadow]", ":chain]").replace("route = shadow", "route = chain")
+    found = problems(project, EXAMPLE, shadow + "mirror_of = AlgoExample\n", chain + "mirror_of = AlgoExample:shadow\n")
+    assert any("that section is itself a mirror" in p for p in found)
+    same = shadow.replace("route = shadow", "route = extract") + "mirror_of = AlgoExample\n"
+    assert any(
+        "a mirror needs a route of its own" in p
+        for p in problems(project, EXAMPLE + "traffic = 100\n", same + "traffic = 0\n")
+    )

@@ -159,6 +159,9 @@ def test_the_apply_table_says_what_each_key_declares(config: Config, name: str) 
     running = running_copy(plan.deploy_config(config, artifacts()))
     desired = plan.deploy_config(replace(config, sections=(changed,)), artifacts())
     assert key.change in (ROLL_OUT, IN_PLACE)
+    if name in ("traffic", "sticky", "mirror_of", "mirror_percent"):  # the route's router changes, not the replicas
+        assert all(c.action in ("unchanged", IN_PLACE, "new") for c in plan.diff(desired, running))
+        return
     assert plan.diff(desired, running) == [plan.Change("Echo", key.change)]
 
 
@@ -203,3 +206,42 @@ def test_a_replica_range_turns_on_rays_autoscaling_in_place(config: Config) -> N
     assert plan.schema_problems(scaled) == []
     assert plan.diff(scaled, running_copy(fixed)) == [plan.Change("Echo", "update in place")]
     assert plan.diff(fixed, running_copy(scaled)) == [plan.Change("Echo", "update in place")]
+
+
+def test_a_shared_route_gets_a_router_and_weights_change_in_place(config: Config) -> None:
+    echo = config.sections[0]
+    v2 = replace(echo, section="algopkg.Echo:v2", traffic=10)
+    shadow = replace(echo, section="algopkg.Echo:shadow", route="shadow", mirror_of="Echo", mirror_percent=50)
+    split = replace(config, sections=(replace(echo, traffic=90), v2, shadow))
+    digests = {s.section: "d1" for s in split.sections}
+    three = plan.Artifacts({"Echo": "gcs://_ray_pkg_a.zip"}, digests, {"Echo": ("numpy",)}, "gcs://rt.zip")
+    desired = plan.deploy_config(split, three)
+    apps = {a["name"]: a for a in desired["applications"]}
+    assert set(apps) == {"Echo", "Echo:v2", "Echo:shadow", "modelserve-route.echo", "modelserve-404"}
+    assert apps["Echo"]["route_prefix"] is None and apps["Echo:v2"]["route_prefix"] is None
+    assert apps["Echo:shadow"]["route_prefix"] == "/shadow"
+    router = apps["modelserve-route.echo"]
+    assert router["route_prefix"] == "/echo" and router["import_path"] == "modelserve.app:build_router"
+    (deployment,) = router["deployments"]
+    assert deployment["ray_actor_options"] == {"num_cpus": 0} and deployment["autoscaling_config"]["min_replicas"] == 2
+    assert deployment["user_config"] == {
+        "targets": [
+            {"app": "Echo", "deployment": "Echo", "section": "algopkg.Echo", "weight": 90},
+            {"app": "Echo:v2", "deployment": "Echo", "section": "algopkg.Echo:v2", "weight": 10},
+        ],
+        "sticky": "",
+        "mirrors": {
+            "algopkg.Echo": [
+                {"app": "Echo:shadow", "deployment": "Echo", "section": "algopkg.Echo:shadow", "percent": 50}
+            ]
+        },
+    }
+    assert plan.schema_problems(desired) == []
+    shifted = replace(split, sections=(replace(echo, traffic=50), replace(v2, traffic=50), shadow))
+    changes = plan.diff(plan.deploy_config(shifted, three), running_copy(desired))
+    assert changes == [
+        plan.Change("Echo", "unchanged"),
+        plan.Change("Echo:v2", "unchanged"),
+        plan.Change("Echo:shadow", "unchanged"),
+        plan.Change("modelserve-route.echo", "update in place"),
+    ]
