@@ -37,12 +37,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of wrk per row (default 10)")
     parser.add_argument("--quick", action="store_true", help="3 s per row and 1 s in-process loops")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of every row, interleaved (default 2)")
     parser.add_argument("--only", default=",".join(NAMES), help=f"comma-separated subset of {','.join(NAMES)}")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="where results go")
     args = parser.parse_args(argv)
     args.only = [n.strip() for n in args.only.split(",") if n.strip()]
     if unknown := sorted(set(args.only) - set(NAMES)):
         parser.error(f"--only: unknown {', '.join(unknown)}; choose from {', '.join(NAMES)}")
+    if args.rounds < 1:
+        parser.error("--rounds must be 1 or more")
     if args.quick:
         args.duration = 3.0
     return args
@@ -61,8 +64,10 @@ def check(running: Running, body: dict[str, Any], want: dict[str, Any]) -> None:
 
 
 def bench_server(name: str, work: Path, body: dict[str, Any], want: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """One round of one row: start the server, check it, wrk at each connection count, stop it."""
     label, start = SERVERS[name]
-    result: dict[str, Any] = {"label": label, "runs": {}}
+    result: dict[str, Any] = {"runs": {}}
+    work.mkdir(parents=True, exist_ok=True)
     progress(f"{label}: starting")
     try:
         with start(work, body) as running:
@@ -93,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "duration_s": args.duration,
+        "rounds": args.rounds,
     }
     body = sample()
     data: dict[str, Any] = {"meta": meta, "inprocess": None, "servers": {}}
@@ -100,16 +106,19 @@ def main(argv: list[str] | None = None) -> int:
     if "inprocess" in args.only:
         progress("in-process: MLP.forward at batch 1, 8, 16, 32, 64")
         data["inprocess"] = in_process(1.0 if args.quick else 2.0)
+    names = [n for n in SERVERS if n in args.only]
     with tempfile.TemporaryDirectory(prefix="modelserve-bench-") as work:
-        for name in SERVERS:
-            if name in args.only:
-                data["servers"][name] = bench_server(name, Path(work), body, want, args.duration)
+        for round_no in range(1, args.rounds + 1):  # interleaved: every row once, then every row again
+            progress(f"round {round_no} of {args.rounds}")
+            for name in names:
+                server = data["servers"].setdefault(name, {"label": SERVERS[name][0], "rounds": []})
+                server["rounds"].append(bench_server(name, Path(work) / f"round{round_no}", body, want, args.duration))
     data["meta"]["wall_s"] = round(time.monotonic() - began, 1)
     data["meta"]["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print("\n" + render(data))
     path = write(data, args.out)
     progress(f"done in {data['meta']['wall_s']:.0f} s; written to {path} and {path.with_suffix('.json')}")
-    failed = [s["label"] for s in data["servers"].values() if s.get("error")]
+    failed = [s["label"] for s in data["servers"].values() if any(r.get("error") for r in s["rounds"])]
     if failed:
         print(f"error: {', '.join(failed)} failed (see above)", file=sys.stderr)
     return 1 if failed else 0

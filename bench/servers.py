@@ -77,6 +77,20 @@ def ray_plain(work: Path, body: Result) -> Iterator[Running]:
     yield from _serve("ray", cmd, work, body, port, clean_env(RAY_AUTH_MODE="disabled"))
 
 
+@contextlib.contextmanager
+def ray_tuned(work: Path, body: Result) -> Iterator[Running]:
+    port = late_port()  # HAProxy binds it at the first deploy, as in the modelserve rows
+    cmd = [PY, str(ROOT / "bench" / "peers" / "ray_serve_tuned.py"), str(port)]
+    yield from _serve("ray-tuned", cmd, work, body, port, clean_env(RAY_AUTH_MODE="disabled"))
+
+
+@contextlib.contextmanager
+def litserve(work: Path, body: Result) -> Iterator[Running]:
+    port = free_port()
+    cmd = [PY, "-m", "bench.peers.litserve_app", str(port)]
+    yield from _serve("litserve", cmd, work, body, port, clean_env(**PEER_ENV))
+
+
 def _controller(args: list[str], project: Path, timeout_s: float) -> tuple[int, str]:
     """Run controller.py as a user would (in its own session, so a hung one is stopped whole)."""
     log = project / "controller.log"
@@ -156,7 +170,9 @@ SERVERS: dict[str, tuple[str, Callable[[Path, Result], contextlib.AbstractContex
     "modelserve": ("modelserve (defaults)", modelserve),
     "legacy": ("modelserve, original-template package (defaults)", modelserve_legacy),
     "ray": ("plain Ray Serve", ray_plain),
+    "raytuned": ("Ray Serve (tuned)", ray_tuned),
+    "litserve": ("LitServe (batched, 2 workers)", litserve),
     "flask": ("Flask + gunicorn (2 sync workers)", flask),
     "fastapi": ("FastAPI + uvicorn (2 workers)", fastapi),
 }
-PEERS = ("ray", "flask", "fastapi")
+PEERS = ("ray", "raytuned", "litserve", "flask", "fastapi")
