@@ -16,7 +16,7 @@ from typing import Any
 
 import requests
 
-from modelserve import plan, status
+from modelserve import plan, stages, status
 from modelserve.cluster import Cluster
 from modelserve.config import ConfigError
 from modelserve.fit import fit_problems
@@ -123,14 +123,18 @@ def check_fit(config: Config, cluster: Cluster, before: Mapping[str, Any]) -> No
         raise ConfigError(config.path, problems)
 
 
-def apply(config: Config, cluster: Cluster, before: dict[str, Any], state_dir: Path, base_url: str = "") -> Outcome:
+def apply(
+    config: Config, cluster: Cluster, before: dict[str, Any], state_dir: Path, base_url: str = "", stage: str = ""
+) -> Outcome:
     """Make the cluster match `config`; restore the sections that fail. Prints the change table."""
     check_fit(config, cluster, before)
     desired = validated(config, plan.deploy_config(config, upload_artifacts(config, cluster)))
-    previous = running_configs(before)
+    keep = stages.others(running_configs(before), stage)  # other stages' apps, as they run
+    previous = {name: app for name, app in running_configs(before).items() if name not in keep}
     changes = plan.diff(desired, previous)
     for change in changes:
         print(f"{change.action:>16}  {change.app}", flush=True)
+    desired = {**desired, "applications": [*desired["applications"], *keep.values()]}
     cluster.apply(desired)
     names = [s.app_name for s in config.sections]
     gone = [c.app for c in changes if c.action == "remove"]

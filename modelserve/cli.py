@@ -17,8 +17,8 @@ from urllib.parse import urlparse
 
 import requests
 
-from modelserve import bench, openapi, plan, status, traffic
-from modelserve.apply import ERRORS_FILE, apply, validated, wait, warn_about_http_options
+from modelserve import bench, openapi, plan, stages, status, traffic
+from modelserve.apply import ERRORS_FILE, apply, running_configs, validated, wait, warn_about_http_options
 from modelserve.cluster import Cluster, ClusterError, resolve_dashboard, stop_local_head
 from modelserve.config import ConfigError, load_config
 from modelserve.fit import ClusterResources, fit_problems
@@ -38,6 +38,11 @@ class UsageError(Exception):
 LAST_APPLY = "last_apply.json"
 
 
+def _config(args: argparse.Namespace) -> Config:
+    """conf.ini as `--stage` serves it (production without one)."""
+    return stages.staged(load_config(args.config), args.stage)
+
+
 def _state_dir(config_path: str) -> Path:
     return Path(config_path).resolve().parent / ".modelserve"
 
@@ -50,7 +55,7 @@ def _base_url(config: Config, dashboard_url: str) -> str:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = _config(args)
     validated(config, plan.deploy_config(config, plan.Artifacts.placeholder(config)))
     _warn_if_it_cannot_fit_a_local_cluster(config)
     routes = ", ".join(f"/{s.route}" for s in config.sections) or "no sections"
@@ -59,7 +64,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = _config(args)
     validated(config, plan.deploy_config(config, plan.Artifacts.placeholder(config)))
     state_dir = _state_dir(args.config)
     dashboard = resolve_dashboard(config.serve, state_dir, start=True)
@@ -69,7 +74,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     warn_about_http_options(config, before)
     base_url = _base_url(config, dashboard)
     _remember(state_dir, dashboard, base_url)
-    outcome = apply(config, cluster, before, state_dir, base_url)
+    outcome = apply(config, cluster, before, state_dir, base_url, stage=args.stage)
     code = _report(status.rows(outcome.details, base_url, [s.app_name for s in config.sections]))
     for name, row in outcome.failed.items():
         what = "rolled back to its last good configuration" if name in outcome.rolled_back else "left as it is"
@@ -109,7 +114,7 @@ def _target(args: argparse.Namespace) -> tuple[str | None, str, float]:
     missing, the one the last apply used (saying so). Returns (dashboard, base URL, timeout)."""
     state_dir = _state_dir(args.config)
     try:
-        config = load_config(args.config)
+        config = _config(args)
     except ConfigError as exc:
         try:
             last = json.loads((state_dir / LAST_APPLY).read_text())
@@ -133,9 +138,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_CLUSTER
     cluster = Cluster(dashboard)
     details = cluster.details()
-    code = _report(status.rows(details, base_url), details=True)
-    if status.routers(details):
-        for line in status.traffic_lines(details, _mirrored(cluster)):
+    code = _report(status.rows(details, base_url, stage=args.stage), details=True)
+    if status.routers(details, args.stage):
+        for line in status.traffic_lines(details, _mirrored(cluster), args.stage):
             print(line)
     return code
 
@@ -166,10 +171,22 @@ def cmd_down(args: argparse.Namespace) -> int:
         print("no Ray cluster is running; nothing to remove")
         return 0
     cluster = Cluster(dashboard)
-    apps = list(cluster.details().get("applications") or {})
-    cluster.apply({"applications": []})
+    details = cluster.details()
+    running = running_configs(details)
+    keep = stages.others(running, args.stage)  # other stages' apps stay
+    apps = [name for name in running if name not in keep]
+    http = details.get("http_options") or {}
+    if keep:
+        options = {"http_options": {"host": http.get("host"), "port": http.get("port")}, "proxy_location": "EveryNode"}
+        cluster.apply({**options, "applications": list(keep.values())})
+    else:
+        cluster.apply({"applications": []})
     wait(cluster, [], apps, timeout_s)
-    print(f"removed {len([a for a in apps if not traffic.is_ours(a)])} section(s) from {dashboard}")
+    where = f"stage {args.stage!r} of " if args.stage else ""
+    print(f"removed {len([a for a in apps if not traffic.is_ours(a)])} section(s) from {where}{dashboard}")
+    staying = sorted({stages.stage_of(name) for name in keep} - {stages.PRODUCTION})
+    if staying:
+        print(f"stage(s) {', '.join(staying)} keep running (`controller.py down --stage NAME` removes one)")
     if args.stop_cluster:
         print("the cluster was not started by this controller; it keeps running")
     return 0
@@ -183,6 +200,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     cluster = Cluster(dashboard)
     apps = cluster.details().get("applications") or {}
     name = args.section.removeprefix(PACKAGE_PREFIX).strip("[]").removeprefix(PACKAGE_PREFIX)
+    name = f"{args.stage}.{name}" if args.stage else name
     if name not in apps:
         known = ", ".join(f"{PACKAGE_PREFIX}{a}" for a in sorted(apps) if not traffic.is_ours(a)) or "none"
         raise UsageError(f"logs: no section {args.section!r} runs on the cluster (running: {known})")
@@ -217,7 +235,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_openapi(args: argparse.Namespace) -> int:
     """One OpenAPI document for every section of conf.ini, from what the running routes describe."""
-    config = load_config(args.config)
+    config = _config(args)
     dashboard, base_url, _ = _target(args)
     if dashboard is None:
         print("no Ray cluster is running; `python controller.py` deploys conf.ini first", file=sys.stderr)
@@ -288,7 +306,7 @@ def _bench_params(config: Config, args: argparse.Namespace) -> tuple[str, str, d
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = _config(args)
     url, method, params = _bench_params(config, args)
     print(
         f"{method} {url}: {args.concurrency} connection(s), up to {args.duration}s"
@@ -299,16 +317,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0 if summary.non_2xx == summary.errors == 0 and summary.requests else EXIT_UNHEALTHY
 
 
+def _stage(value: str) -> str:
+    try:
+        return stages.check_name(value)
+    except stages.StageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     config_help = "conf.ini to use (default: conf.ini)"
     main = argparse.ArgumentParser(prog="controller.py", description="Serve algorithm packages as conf.ini says.")
+    stage_help = "act on that stage (e.g. grey): routes under /<stage>/, one replica per section"
     main.add_argument("-c", "--config", default="conf.ini", help=config_help)
+    main.add_argument("--stage", default="", type=_stage, help=stage_help)
     main.set_defaults(func=cmd_apply, command="apply")
     sub = main.add_subparsers(metavar="{apply,check,status,down,logs,openapi,metrics,bench}")
 
     def command(name: str, func: Callable[[argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("-c", "--config", default=argparse.SUPPRESS, help=config_help)
+        cmd.add_argument("--stage", default=argparse.SUPPRESS, type=_stage, help=stage_help)
         cmd.set_defaults(func=func, command=name)
         return cmd
 

@@ -162,7 +162,7 @@ def deploy_config(config: Config, artifacts: Artifacts) -> dict[str, Any]:
     env = raycompat.replica_env()
     for route, group in shared.items():
         apps.append(traffic.router_application(route, group, config.sections, modules, env))
-    if apps:
+    if apps and not any(spec.stage for spec in config.sections):  # production's; stages share it
         routes = sorted({spec.route for spec in config.sections})
         apps.append(fallback.application(routes, modules, env))
     return {

@@ -327,10 +327,14 @@ class SectionSpec:
     def queue_limit(self) -> int:
         return self.max_queued if self.max_queued is not None else 4 * self.max_ongoing_requests
 
+    #: Not a conf.ini key: the stage (`controller.py --stage grey`) the section is applied as.
+    stage: str = ""
+
     @property
     def app_name(self) -> str:
-        """The Serve application name: the section name without `algopkg.`."""
-        return self.section[len(PACKAGE_PREFIX) :]
+        """The Serve application name: the section name without `algopkg.` (`<stage>.` first on a stage)."""
+        name = self.section[len(PACKAGE_PREFIX) :]
+        return f"{self.stage}.{name}" if self.stage else name
 
 
 #: `{conf.ini name: (field name, Key)}`, derived from the dataclasses above.

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from modelserve.stages import stage_of
 from modelserve.traffic import ROUTER_PREFIX, is_ours
 
 HEALTHY = "HEALTHY"
@@ -79,10 +80,12 @@ def app_row(name: str, app: Mapping[str, Any], base_url: str) -> Row:
     )
 
 
-def rows(details: Mapping[str, Any], base_url: str, only: Iterable[str] | None = None) -> list[Row]:
+def rows(details: Mapping[str, Any], base_url: str, only: Iterable[str] | None = None, stage: str = "") -> list[Row]:
     apps = details.get("applications") or {}
-    names = list(only) if only is not None else sorted(a for a in apps if not is_ours(a))  # routers, the 404 app
-    behind = {t["section"]: route for route, config in routers(details).items() for t in config["targets"]}
+    if only is None:  # the stage's sections; not our routers and 404 app
+        only = sorted(a for a in apps if not is_ours(a) and stage_of(a) == stage)
+    names = list(only)
+    behind = {t["section"]: route for route, config in routers(details, stage).items() for t in config["targets"]}
     result = []
     for name in names:
         app = apps.get(name)
@@ -96,21 +99,21 @@ def rows(details: Mapping[str, Any], base_url: str, only: Iterable[str] | None =
     return result
 
 
-def routers(details: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """`{"/route": the router's user_config}` of every shared or mirrored route."""
+def routers(details: Mapping[str, Any], stage: str = "") -> dict[str, dict[str, Any]]:
+    """`{"/route": the router's user_config}` of every shared or mirrored route of the stage."""
     found = {}
-    for app in (details.get("applications") or {}).values():
+    for name, app in (details.get("applications") or {}).items():
         config = app.get("deployed_app_config") or {}
-        if config.get("name", "").startswith(ROUTER_PREFIX):
+        if name.removeprefix(f"{stage}.").startswith(ROUTER_PREFIX) and stage_of(name) == stage:
             (deployment,) = config.get("deployments") or [{}]
             found[config.get("route_prefix") or ""] = deployment.get("user_config") or {}
     return found
 
 
-def traffic_lines(details: Mapping[str, Any], mirrored: Mapping[tuple[str, str], float]) -> list[str]:
+def traffic_lines(details: Mapping[str, Any], mirrored: Mapping[tuple[str, str], float], stage: str = "") -> list[str]:
     """One line per shared route (its split) and per mirror (its counts, `{(section, outcome): n}`)."""
     lines = []
-    for route, config in sorted(routers(details).items()):
+    for route, config in sorted(routers(details, stage).items()):
         split = ", ".join(f"{t['section']} {t['weight']}%" for t in config.get("targets", []))
         sticky = f" (sticky by header {config['sticky']})" if config.get("sticky") else ""
         lines.append(f"{route}: {split}{sticky}")

@@ -28,13 +28,14 @@ ROUTER_SCALING = {
 }
 
 
-def router_app_name(route: str) -> str:
-    return ROUTER_PREFIX + route.replace("/", ":")
+def router_app_name(route: str, stage: str = "") -> str:
+    name = ROUTER_PREFIX + route.replace("/", ":")
+    return f"{stage}.{name}" if stage else name
 
 
 def is_ours(app_name: str) -> bool:
-    """Applications modelserve adds beside the sections (routers, the 404 answer)."""
-    return app_name.startswith("modelserve-")
+    """Applications modelserve adds beside the sections (routers, the 404 answer), on any stage."""
+    return app_name.startswith("modelserve-") or app_name.partition(".")[2].startswith("modelserve-")
 
 
 def mirror_target(spec: SectionSpec, sections: Sequence[SectionSpec]) -> SectionSpec | None:
@@ -78,7 +79,7 @@ def router_application(
     route: str, group: Sequence[SectionSpec], sections: Sequence[SectionSpec], modules: list[str], env: dict[str, str]
 ) -> dict[str, Any]:
     return {
-        "name": router_app_name(route),
+        "name": router_app_name(route, group[0].stage),
         "route_prefix": f"/{route}",
         "import_path": "modelserve.app:build_router",
         "runtime_env": {"py_modules": modules, "env_vars": env},

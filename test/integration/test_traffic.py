@@ -202,3 +202,40 @@ def test_scale_to_zero_and_the_first_request_after_it(conf: Path, cluster: TestC
     assert [r.status for r in replies] == [200] * 4, [(r.status, r.body) for r in replies]
     assert [r.body["result"]["params"]["i"] for r in replies] == [0, 1, 2, 3]
     assert running(cluster, "Echo:zero") == 1
+
+
+GREY = """
+[algopkg.Echo]
+backend = Echo
+model = echo_model.txt
+route = echo
+method = POST
+cpu_cost = 0.1
+replicas = 1-3
+"""
+
+
+def test_a_grey_stage_runs_beside_production_and_goes_alone(conf: Path, project: Path, cluster: TestCluster) -> None:
+    production = {call(f"{cluster.base_url}/echo", {}).body["result"]["pid"] for _ in range(10)}
+    grey_dir = project / "grey"
+    grey_dir.mkdir(exist_ok=True)
+    grey_conf = write_conf(make_project(grey_dir), cluster.serve(), GREY)
+    code, out = controller_in_process("--stage", "grey", "-c", str(grey_conf))
+    assert code == 0 and "new  grey.Echo" in out and "/grey/echo" in out, out
+    grey = call(f"{cluster.base_url}/grey/echo", {"stage": "grey"})
+    assert grey.status == 200 and grey.body["result"]["pid"] not in production
+    # A production apply leaves the stage alone, and the stage apply left production alone.
+    code, out = controller_in_process("-c", str(conf))
+    assert code == 0 and "grey" not in out, out
+    assert {call(f"{cluster.base_url}/echo", {}).body["result"]["pid"] for _ in range(10)} <= production
+    assert call(f"{cluster.base_url}/grey/echo", {}).status == 200
+    code, out = controller_in_process("status", "--stage", "grey", "-c", str(grey_conf))
+    assert code == 0 and re.search(r"algopkg.Echo\s+\S+/grey/echo\s+1/1\s+HEALTHY", out), out
+    assert "/canary" not in out and "Echo:a" not in out
+    code, out = controller_in_process("down", "--stage", "grey", "-c", str(grey_conf))
+    assert code == 0 and "removed 1 section(s) from stage 'grey'" in out, out
+    gone = wait_for(lambda: (r := call(f"{cluster.base_url}/grey/echo", {})).status == 404 and r, 30, "grey to go")
+    assert gone.body["error"]["type"] == "NotFound"
+    assert call(f"{cluster.base_url}/echo", {}).status == 200
+    code, out = controller_in_process("status", "-c", str(conf))
+    assert code == 0 and "algopkg.Echo:a" in out, out
