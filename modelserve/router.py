@@ -22,7 +22,7 @@ from ray.serve import metrics
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelserve import envelope
+from modelserve import envelope, raycompat
 from modelserve.errors import ModelServeError
 
 logger = logging.getLogger("ray.serve")
@@ -79,7 +79,7 @@ class Router:
     def _handle(self, target: Target) -> Any:
         key = (target.app, target.deployment)
         if key not in self._handles:
-            self._handles[key] = serve.get_deployment_handle(target.deployment, target.app)
+            self._handles[key] = raycompat.direct_handle(serve.get_deployment_handle(target.deployment, target.app))
         return self._handles[key]
 
     async def __call__(self, request: Request) -> Response:

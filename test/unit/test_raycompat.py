@@ -91,3 +91,11 @@ def test_the_mended_print_writes_tracebacks_as_python_prints_them(monkeypatch: p
     except ValueError:
         text = logging.Formatter().formatException(sys.exc_info())
     assert text.startswith("Traceback (most recent call last):\n  File ") and text.endswith("ValueError: boom")
+
+
+def test_deployment_handles_still_take_the_direct_transport_option() -> None:
+    import inspect
+
+    from ray.serve.handle import DeploymentHandle
+
+    assert "_by_reference" in inspect.signature(DeploymentHandle.options).parameters
