@@ -16,7 +16,7 @@ from typing import Any
 
 import requests
 
-from modelserve import plan, stages, status
+from modelserve import plan, stages, status, traffic
 from modelserve.cluster import Cluster
 from modelserve.config import ConfigError
 from modelserve.fit import fit_problems
@@ -135,6 +135,7 @@ def apply(
     for change in changes:
         print(f"{change.action:>16}  {change.app}", flush=True)
     desired = {**desired, "applications": [*desired["applications"], *keep.values()]}
+    _start_new_routers_beside(cluster, desired, previous, config.serve.deploy_timeout_s)
     cluster.apply(desired)
     names = [s.app_name for s in config.sections]
     gone = [c.app for c in changes if c.action == "remove"]
@@ -154,6 +155,36 @@ def apply(
         outcome.details = wait(cluster, restore, [], config.serve.deploy_timeout_s)
         outcome.rolled_back = restore
     return outcome
+
+
+def _start_new_routers_beside(
+    cluster: Cluster, desired: Mapping[str, Any], previous: Mapping[str, Mapping[str, Any]], timeout_s: float
+) -> None:
+    """A router that takes over a route already served (a new canary or mirror) first starts on
+    a side path while the section keeps the route; the switch is then one in-place update, so
+    no request meets a route that nobody serves."""
+    served = {app.get("route_prefix"): name for name, app in previous.items() if traffic.ROUTER_PREFIX not in name}
+    new = {
+        app["name"]: app["route_prefix"]
+        for app in desired["applications"]
+        if traffic.ROUTER_PREFIX in app["name"] and app["route_prefix"] in served
+    }
+    if not new:
+        return
+    moving = set(new.values())
+    apps = []
+    for app in desired["applications"]:
+        if app["name"] in new:
+            app = {**app, "route_prefix": f"/{SIDE_PATH}{app['route_prefix']}"}
+        elif app["route_prefix"] is None and (previous.get(app["name"]) or {}).get("route_prefix") in moving:
+            app = {**app, "route_prefix": previous[app["name"]]["route_prefix"]}  # keeps serving its route
+        apps.append(app)
+    cluster.apply({**desired, "applications": apps})
+    wait(cluster, list(new), [], timeout_s)
+
+
+#: Where a new router starts before it takes its route over.
+SIDE_PATH = "modelserve-starting"
 
 
 def _failures(details: Mapping[str, Any], names: list[str]) -> dict[str, status.Row]:

@@ -73,6 +73,7 @@ class ModelReplica:
         self._api_keys: tuple[str, ...] = ()
         self._access_json = False
         self._batch_sizes: dict[str, int] = {}
+        self._public_route = ""
         self._active = 0  # requests in this replica now (the in-flight gauge, set on each health check)
         self._headers = {REPLICA_HEADER: _replica_id()}
         self._methods = spec.methods
@@ -108,6 +109,7 @@ class ModelReplica:
         self._max_body = config.max_body_kb * 1024
         self._timeout_s = config.timeout_s
         self._api_keys = config.api_keys
+        self._public_route = config.route
         if config.access_log_json and not self._access_json:
             accesslog.open_in_replica_log()
         self._access_json = config.access_log_json
@@ -186,6 +188,9 @@ class ModelReplica:
     async def _answer(self, request: Request, request_id: str) -> tuple[Response, bool]:
         path = request.scope["path"]
         root = request.scope.get("root_path", "")
+        public = self._public_route
+        if not root and public and (path == public or path.startswith(public + "/")):
+            root = public  # reached directly for a moment while Ray moves the route to or from a router
         sub = path[len(root) :] if root and path.startswith(root) else path
         sub = sub.rstrip("/")
         try:

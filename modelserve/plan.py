@@ -82,6 +82,7 @@ def replica_config(spec: SectionSpec, config: Config) -> ReplicaConfig:
         timeout_s=spec.timeout_s,
         api_keys=auth.read_key_file(key_file) if key_file else (),
         access_log_json=config.serve.access_log == "json",
+        route=f"/{spec.route}",
     )
 
 

@@ -55,6 +55,8 @@ class ReplicaConfig:
     api_keys: tuple[str, ...] = ()
     #: One JSON line per request in the replica's log.
     access_log_json: bool = False
+    #: The section's public route (`/extract`): known even when Ray routes it to a router instead.
+    route: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "user": dict(self.user), "api_keys": list(self.api_keys)}

@@ -85,7 +85,9 @@ def rows(details: Mapping[str, Any], base_url: str, only: Iterable[str] | None =
     if only is None:  # the stage's sections; not our routers and 404 app
         only = sorted(a for a in apps if not is_ours(a) and stage_of(a) == stage)
     names = list(only)
-    behind = {t["section"]: route for route, config in routers(details, stage).items() for t in config["targets"]}
+    behind = {
+        t["section"]: route for route, config in routers(details, stage).items() for t in config.get("targets", [])
+    }
     result = []
     for name in names:
         app = apps.get(name)

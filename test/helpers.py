@@ -118,9 +118,10 @@ class Load:
         max_requests: int = 200_000,
         timeout_s: float = 10,
         params: dict[str, Any] | None = None,
+        pause_s: float = 0.0,
     ) -> None:
         self.url, self.max_requests, self.timeout_s = url, max_requests, timeout_s
-        self.params = dict(params or {})
+        self.params, self.pause_s = dict(params or {}), pause_s
         self.results: list[tuple[float, int]] = []  # (time.monotonic(), HTTP status or 0)
         self.failures: list[tuple[float, int, object]] = []
         self.errors: list[BaseException] = []
@@ -142,6 +143,8 @@ class Load:
                 self.results.append((time.monotonic(), status))
                 if status != 200:
                     self.failures.append((time.monotonic(), status, detail))
+                if self.pause_s:
+                    self._stop.wait(self.pause_s)
         except BaseException as exc:  # anything else is a bug in the test: never let it pass silently
             self.errors.append(exc)
             raise

@@ -132,7 +132,7 @@ def test_the_replica_contract_round_trips_through_json(config: Config) -> None:
         ("GET",),
     )
     user = ReplicaConfig.from_json(json.loads(json.dumps(app["deployments"][0]["user_config"])))
-    assert user == ReplicaConfig({"k": 1}, 32, 5.0)
+    assert user == ReplicaConfig({"k": 1}, 32, 5.0, route="/echo")
 
 
 def test_spread_is_a_deployment_option(config: Config) -> None:
