@@ -245,10 +245,13 @@ def test_losing_a_worker_keeps_serving_and_rejoining_restores_replicas(nodes: Tw
     failed = [status for status in load.codes if status != 200]
     after = [status for t, status in load.results if t > killed_at]
     print(f"\nrequests {len(load.results)}, after the kill {len(after)}, failed {len(failed)}: {Counter(failed)}")
-    assert len(after) > 50 and after[-20:] == [200] * 20
-    assert len(failed) <= 4, load.failures[:8]  # at most the requests in flight on the lost node (4 clients)
-    assert sum(replicas_per_node(nodes, "Echo:pinned").values()) == 1  # one per node: waits for a node
-    nodes.start_worker()
+    try:
+        assert len(after) > 50 and after[-20:] == [200] * 20
+        # What was in flight on the lost node (4 clients), and what reached it before the ingress dropped it.
+        assert len(failed) <= 8, load.failures[:8]
+        assert sum(replicas_per_node(nodes, "Echo:pinned").values()) == 1  # one per node: waits for a node
+    finally:
+        nodes.start_worker()  # the module's other tests need both nodes
     wait_for(lambda: alive_nodes(nodes.dashboard_url) == 2, 90, "the worker to rejoin")
     wait_for(lambda: sorted(replicas_per_node(nodes, "Echo:pinned").values()) == [1, 1], 120, "2/2 pinned replicas")
     assert call(f"http://127.0.0.1:{nodes.http_port}/pinned", {"n": 1}).status == 200
