@@ -58,7 +58,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _config(args)
     validated(config, plan.deploy_config(config, plan.Artifacts.placeholder(config)))
     _warn_if_it_cannot_fit_a_local_cluster(config)
-    routes = ", ".join(f"/{s.route}" for s in config.sections) or "no sections"
+    routes = ", ".join(f"/{r}" for r in dict.fromkeys(s.route for s in config.sections)) or "no sections"
     print(f"{config.path}: OK ({len(config.sections)} section(s): {routes})")
     return 0
 
@@ -241,7 +241,8 @@ def cmd_openapi(args: argparse.Namespace) -> int:
         print("no Ray cluster is running; `python controller.py` deploys conf.ini first", file=sys.stderr)
         return EXIT_CLUSTER
     documents, missing = [], []
-    for spec in config.sections:
+    routes = {spec.route: spec for spec in config.sections}  # a shared route is described once, by its router
+    for spec in routes.values():
         url = f"{base_url}/{spec.route}/openapi.json"
         try:
             response = requests.get(url, timeout=10)

@@ -121,6 +121,10 @@ def test_the_split_over_2000_requests_is_within_3_points(conf: Path, cluster: Te
     share = 100 * counts.get("algopkg.Echo:b", 0) / 2000
     print(f"90/10 over 2,000 requests: {counts} ({share:.1f}% to the canary)")
     assert abs(share - 10) <= 3, counts
+    code, out = controller_in_process("check", "-c", str(conf))
+    assert code == 0 and out.count("/canary") == 1, out  # a shared route is listed once
+    code, out = controller_in_process("openapi", "-c", str(conf))
+    assert code == 0 and '"/canary"' in out, out  # described once, through its router
 
 
 def test_sticky_keeps_each_user_on_one_section(conf: Path, project: Path, cluster: TestCluster) -> None:
