@@ -131,12 +131,20 @@ def _target(args: argparse.Namespace) -> tuple[str | None, str, float]:
     return dashboard, base_url, config.serve.deploy_timeout_s
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+class NoCluster(Exception):
+    """No Ray cluster runs where conf.ini (or the last apply) points (exit 3)."""
+
+
+def _running(args: argparse.Namespace) -> tuple[Cluster, str]:
+    """The cluster a command reads, and the base URL of its HTTP port."""
     dashboard, base_url, _ = _target(args)
     if dashboard is None:
-        print("no Ray cluster is running; `python controller.py` starts one", file=sys.stderr)
-        return EXIT_CLUSTER
-    cluster = Cluster(dashboard)
+        raise NoCluster("no Ray cluster is running; `python controller.py` starts one")
+    return Cluster(dashboard), base_url
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cluster, base_url = _running(args)
     details = cluster.details()
     code = _report(status.rows(details, base_url, stage=args.stage), details=True)
     if status.routers(details, args.stage):
@@ -193,11 +201,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    dashboard, _, _ = _target(args)
-    if dashboard is None:
-        print("no Ray cluster is running; `python controller.py` starts one", file=sys.stderr)
-        return EXIT_CLUSTER
-    cluster = Cluster(dashboard)
+    cluster, _ = _running(args)
     apps = cluster.details().get("applications") or {}
     name = args.section.removeprefix(PACKAGE_PREFIX).strip("[]").removeprefix(PACKAGE_PREFIX)
     name = f"{args.stage}.{name}" if args.stage else name
@@ -236,10 +240,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_openapi(args: argparse.Namespace) -> int:
     """One OpenAPI document for every section of conf.ini, from what the running routes describe."""
     config = _config(args)
-    dashboard, base_url, _ = _target(args)
-    if dashboard is None:
-        print("no Ray cluster is running; `python controller.py` deploys conf.ini first", file=sys.stderr)
-        return EXIT_CLUSTER
+    _, base_url = _running(args)
     documents, missing = [], []
     routes = {spec.route: spec for spec in config.sections}  # a shared route is described once, by its router
     for spec in routes.values():
@@ -269,11 +270,8 @@ def cmd_openapi(args: argparse.Namespace) -> int:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     """The Prometheus scrape targets of the running cluster: one exporter per node."""
-    dashboard, _, _ = _target(args)
-    if dashboard is None:
-        print("no Ray cluster is running; `python controller.py` starts one", file=sys.stderr)
-        return EXIT_CLUSTER
-    targets = Cluster(dashboard).metrics_targets()
+    cluster, _ = _running(args)
+    targets = cluster.metrics_targets()
     for target in targets:
         print(target)
     print(
@@ -374,6 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except ClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CLUSTER
+    except NoCluster as exc:
+        print(exc, file=sys.stderr)
         return EXIT_CLUSTER
     except BrokenPipeError:  # `controller.py status | head -1`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

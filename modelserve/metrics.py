@@ -30,7 +30,7 @@ BATCH_BOUNDARIES = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]
 REASONS = {401: "unauthorized", 413: "too_large", 503: "overloaded", 504: "timeout"}
 
 
-def _tags(*names: str) -> Any:
+def tag_keys(*names: str) -> Any:
     """Ray annotates `tag_keys` as `Tuple[str]` (one element); it takes any number."""
     return names
 
@@ -53,7 +53,7 @@ class SectionMetrics:
     def __init__(self, section: str) -> None:
         # A fresh dict each time: Ray adds its own tags to the dict it is given, then refuses a dict holding them.
         self.requests = metrics.Counter(
-            REQUESTS, "requests answered, by HTTP status", tag_keys=_tags("section", "code")
+            REQUESTS, "requests answered, by HTTP status", tag_keys=tag_keys("section", "code")
         )
         self.requests.set_default_tags({"section": section})
         self.latency = metrics.Histogram(
@@ -64,9 +64,9 @@ class SectionMetrics:
         self.batch_size.set_default_tags({"section": section})
         self.in_flight = metrics.Gauge(IN_FLIGHT, "requests in the replica now", tag_keys=("section",))
         self.in_flight.set_default_tags({"section": section})
-        self.rejected = metrics.Counter(REJECTED, "requests refused before the model", _tags("section", "reason"))
+        self.rejected = metrics.Counter(REJECTED, "requests refused before the model", tag_keys("section", "reason"))
         self.rejected.set_default_tags({"section": section})
-        self.load_seconds = metrics.Gauge(LOAD_SECONDS, "model load and warm-up time (s)", _tags("section", "phase"))
+        self.load_seconds = metrics.Gauge(LOAD_SECONDS, "model load and warm-up time (s)", tag_keys("section", "phase"))
         self.load_seconds.set_default_tags({"section": section})
         self._codes: dict[int, dict[str, str]] = {}
 

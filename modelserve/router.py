@@ -24,6 +24,7 @@ from starlette.responses import Response
 
 from modelserve import envelope, raycompat
 from modelserve.errors import ModelServeError
+from modelserve.metrics import tag_keys
 
 logger = logging.getLogger("ray.serve")
 
@@ -53,7 +54,7 @@ class Router:
         self._handles: dict[tuple[str, str], Any] = {}
         self._mirroring: dict[str, int] = {}  # copies in flight, per mirror section
         self._background: set[asyncio.Task[None]] = set()
-        self._mirrored = metrics.Counter(MIRRORED, "mirrored copies, by outcome", tag_keys=_tags("section", "outcome"))
+        self._mirrored = metrics.Counter(MIRRORED, "mirrored copies, by outcome", tag_keys("section", "outcome"))
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         targets = [Target(**t) for t in config["targets"]]
@@ -126,7 +127,3 @@ class Router:
         finally:
             self._mirroring[mirror.section] -= 1
         self._mirrored.inc(1, {"section": mirror.section, "outcome": outcome})
-
-
-def _tags(*names: str) -> Any:
-    return names
