@@ -15,7 +15,6 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,7 +32,7 @@ from modelserve.backend import (
     has_stream_method,
     load_backend_class,
 )
-from modelserve.envelope import RawResponse
+from modelserve.envelope import REPLICA_HEADER, RawResponse
 from modelserve.errors import (
     BadRequest,
     MethodNotAllowed,
@@ -44,14 +43,11 @@ from modelserve.errors import (
     Timeout,
 )
 from modelserve.metrics import SectionMetrics
+from modelserve.modelcalls import ModelCalls
 from modelserve.replica_spec import ReplicaArgs, ReplicaConfig
 from modelserve.warmup import run_warmup
 
 logger = logging.getLogger("ray.serve")
-
-
-#: Names the replica that answered (the id `status` details and `controller.py logs` show).
-REPLICA_HEADER = "x-modelserve-replica"
 
 
 def _replica_id() -> str:
@@ -68,7 +64,6 @@ class ModelReplica:
         started = time.monotonic()
         raycompat.mend_redirected_print()
         self._metrics = SectionMetrics(spec.section)
-        self._busy_since: float | None = None
         self._timeout_s = 60.0
         self._api_keys: tuple[str, ...] = ()
         self._access_json = False
@@ -77,12 +72,12 @@ class ModelReplica:
         self._active = 0  # requests in this replica now (the in-flight gauge, set on each health check)
         self._headers = {REPLICA_HEADER: _replica_id()}
         self._methods = spec.methods
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         cls = load_backend_class(spec.package, spec.backend)
         self._backend: Backend = create_backend(cls, spec.model_zoo, list(spec.model_files))
         self._own_batch = has_batch_method(self._backend)
         self._has_infer = has_infer_method(self._backend)
         self._streams = has_stream_method(self._backend)
+        self._calls = ModelCalls(may_inline=not self._streams)
         self._params_model = getattr(self._backend, "Params", None)
         self._section = spec.section
         self._max_body = 10240 * 1024
@@ -115,6 +110,7 @@ class ModelReplica:
         self._access_json = config.access_log_json
         self._infer_batched.set_max_batch_size(self._max_batch_size)
         self._backend.reconfigure(dict(config.user))
+        self._calls.relearn()
         if self._warmup is not None:
             warmup, self._warmup = self._warmup, None
             started = time.monotonic()
@@ -125,18 +121,10 @@ class ModelReplica:
         """Unhealthy (Ray replaces the replica) once one model call has run far past `timeout_s`:
         its requests have all been answered 504, and a stuck model thread would hold every later one."""
         self._metrics.in_flight.set(self._active)
-        busy_since = self._busy_since
         stuck_after = 3 * self._timeout_s + 10
-        if busy_since is not None and time.monotonic() - busy_since > stuck_after:
+        if self._calls.busy_for() > stuck_after:
             raise RuntimeError(f"one model call has run for over {stuck_after:g} s (3 x timeout_s + 10); restarting")
         self._backend.check_health()
-
-    def _on_model_thread(self, fn: Callable[[Any], Any], arg: Any) -> Any:
-        self._busy_since = time.monotonic()
-        try:
-            return fn(arg)
-        finally:
-            self._busy_since = None
 
     async def __call__(self, request: Request) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
@@ -237,7 +225,7 @@ class ModelReplica:
     async def _infer(self, request: Request, params: Any, request_id: str) -> Any:
         if self._streams:  # the timeout covers the first item
             produced = await self._run(getattr(self._backend, "infer_stream"), params, request_id)  # noqa: B009
-            stream = streaming.ItemStream(produced, self._pool)
+            stream = streaming.ItemStream(produced, self._calls.pool)
             return await streaming.respond(stream, request.headers.get("accept", ""), request_id, self._headers)
         if self._max_batch_size > 1:
             return await self._infer_in_batch(params, request_id)
@@ -293,10 +281,9 @@ class ModelReplica:
         return result
 
     async def _run(self, fn: Callable[[Any], Any], arg: Any, request_id: str) -> Any:
-        """Run model code on the replica's one model thread, so the event loop stays free."""
-        loop = asyncio.get_running_loop()
+        """Run model code (inline or on the model thread: `modelcalls`), its failure a 500."""
         try:
-            return await loop.run_in_executor(self._pool, self._on_model_thread, fn, arg)
+            return await self._calls.run(fn, arg)
         except ModelServeError:
             raise
         except Exception as exc:
@@ -307,29 +294,25 @@ class ModelReplica:
         """One result per request, in order; an exception instance fails only its own request.
 
         Serve's batch queue (`_infer_batched`, made per replica in `__init__`) calls it."""
-        loop = asyncio.get_running_loop()
         if len(batch) > 1:
             self._metrics.batch_size.observe(len(batch))
             if self._access_json:
                 self._batch_sizes.update((request_id, len(batch)) for request_id in request_ids)
         if not self._own_batch:  # one hand-off to the model thread for all, each answered on its own
-            return await loop.run_in_executor(self._pool, self._on_model_thread, self._each, batch)
+            return await self._calls.run_each(self._one, batch)
         try:
-            results = await loop.run_in_executor(self._pool, self._on_model_thread, self._backend.infer_batch, batch)
+            results = await self._calls.run(self._backend.infer_batch, batch)
         except Exception as exc:
             if len(batch) == 1 and not self._has_infer:
                 return [exc]
             # One bad item must not fail its neighbours: each request is answered on its own.
             log = logger.debug if isinstance(exc, BadRequest) else logger.warning  # a client's mistake is no alarm
             log("requests %s: infer_batch raised %r; answering them one by one", request_ids, exc)
-            return await loop.run_in_executor(self._pool, self._on_model_thread, self._each, batch)
+            return await self._calls.run_each(self._one, batch)
         if not isinstance(results, list) or len(results) != len(batch):
             size = len(results) if isinstance(results, list) else type(results).__name__
             raise ModelError(f"infer_batch returned {size} results for a batch of {len(batch)}; return one per request")
         return results
-
-    def _each(self, batch: list[dict[str, Any]]) -> list[Any]:
-        return [self._one(params) for params in batch]
 
     def _one(self, params: dict[str, Any]) -> Any:
         """A request's result, or the exception that fails it (through `infer` where defined)."""

@@ -171,8 +171,13 @@ def test_an_unbatched_backend_gets_concurrent_requests_in_one_hand_off_each_answ
     replica: ModelReplica, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hand_offs: list[int] = []
-    each = replica._each
-    monkeypatch.setattr(replica, "_each", lambda batch: hand_offs.append(len(batch)) or each(batch))
+    run_each = replica._calls.run_each
+
+    def counted(fn: Any, batch: list[Any]) -> Any:
+        hand_offs.append(len(batch))
+        return run_each(fn, batch)
+
+    monkeypatch.setattr(replica._calls, "run_each", counted)
 
     async def many() -> list[Any]:
         replica.reconfigure(ReplicaConfig({}, 8, 20).to_json())

@@ -1,0 +1,120 @@
+"""Where model calls run (modelserve.modelcalls): the thread until the model proves quick, then inline."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+from modelserve.modelcalls import QUICK_CALLS, QUICK_S, ModelCalls
+
+
+def where(_: Any = None) -> int:
+    return threading.get_ident()
+
+
+def slow(_: Any = None) -> int:
+    time.sleep(QUICK_S * 3)
+    return threading.get_ident()
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_calls_start_on_the_thread_and_run_inline_once_quick() -> None:
+    async def main() -> list[bool]:
+        calls, loop_thread = ModelCalls(), threading.get_ident()
+        return [await calls.run(where, None) == loop_thread for _ in range(QUICK_CALLS + 3)]
+
+    inline = run(main())
+    assert inline == [False] * QUICK_CALLS + [True] * 3
+
+
+def test_one_slow_call_sends_the_next_ones_back_to_the_thread() -> None:
+    async def main() -> tuple[bool, bool, bool]:
+        calls, loop_thread = ModelCalls(), threading.get_ident()
+        for _ in range(QUICK_CALLS):
+            await calls.run(where, None)
+        slow_inline = await calls.run(slow, None) == loop_thread  # judged after it ran: it ran inline
+        after = await calls.run(where, None) == loop_thread
+        return slow_inline, after, calls.inline
+
+    assert run(main()) == (True, False, False)
+
+
+def test_reconfigure_starts_the_count_again() -> None:
+    async def main() -> tuple[bool, bool]:
+        calls = ModelCalls()
+        for _ in range(QUICK_CALLS):
+            await calls.run(where, None)
+        before = calls.inline
+        calls.relearn()
+        return before, calls.inline
+
+    assert run(main()) == (True, False)
+
+
+def test_a_stream_backend_never_runs_inline() -> None:
+    async def main() -> set[bool]:
+        calls, loop_thread = ModelCalls(may_inline=False), threading.get_ident()
+        return {await calls.run(where, None) == loop_thread for _ in range(QUICK_CALLS * 2)}
+
+    assert run(main()) == {False}
+
+
+def test_never_inline_beside_a_call_on_the_thread() -> None:
+    """One call at a time: while a hand-off is out, the next call queues behind it on the thread."""
+
+    async def main() -> tuple[bool, int]:
+        calls, loop_thread = ModelCalls(), threading.get_ident()
+        for _ in range(QUICK_CALLS):
+            await calls.run(where, None)
+        calls.relearn()
+        first = asyncio.ensure_future(calls.run(slow, None))  # on the thread
+        await asyncio.sleep(0)
+        calls._quick = QUICK_CALLS  # quick again while `first` is still out
+        second = await calls.run(where, None)
+        await first
+        return second == loop_thread, calls._on_thread
+
+    assert run(main()) == (False, 0)
+
+
+def test_run_each_gives_the_loop_turns_and_moves_to_the_thread_when_the_model_slows() -> None:
+    async def main() -> tuple[list[bool], int]:
+        calls, loop_thread = ModelCalls(), threading.get_ident()
+        for _ in range(QUICK_CALLS):
+            await calls.run(where, None)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.ensure_future(ticker())
+        fns = [lambda _: (time.sleep(QUICK_S / 3), where())[1]] * 12 + [slow, where, where]
+        results = await calls.run_each(lambda fn: fn(None), fns)
+        task.cancel()
+        return [r == loop_thread for r in results], ticks
+
+    inline, ticks = run(main())
+    assert inline[:13] == [True] * 13  # the slow one is found slow after it ran
+    assert inline[13:] == [False, False]
+    assert ticks >= 2, "the loop never got a turn during a long inline batch"
+
+
+def test_busy_for_counts_while_a_call_runs() -> None:
+    calls = ModelCalls()
+    seen: list[float] = []
+
+    def call(_: Any) -> None:
+        time.sleep(0.02)
+        seen.append(calls.busy_for())
+
+    run(calls.run(call, None))
+    assert seen[0] >= 0.015
+    assert calls.busy_for() == 0.0
