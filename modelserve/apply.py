@@ -7,6 +7,10 @@ rejects, replicas that never become healthy) gets its last good configuration ba
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import importlib.metadata
+import json
 import sys
 import time
 from collections.abc import Mapping
@@ -19,12 +23,17 @@ import requests
 from modelserve import plan, stages, status, traffic
 from modelserve.cluster import Cluster
 from modelserve.config import ConfigError
+from modelserve.envelope import REPLICA_HEADER
 from modelserve.fit import fit_problems
+from modelserve.keys import ROLL_OUT
 from modelserve.packaging import files_digest, read_requirements, staged_package, staged_runtime
 from modelserve.settings import Config
+from modelserve.timings import Phases
 
 #: The full error of each section that failed in the last apply (the table shows one line each).
 ERRORS_FILE = "last_errors.log"
+#: The digest of the last plan Ray's schema accepted (`validated_once`).
+VALIDATED_FILE = "validated_plan.sha256"
 
 
 @dataclass
@@ -58,6 +67,30 @@ def validated(config: Config, desired: dict[str, Any]) -> dict[str, Any]:
     return desired
 
 
+def validated_once(config: Config, desired: dict[str, Any], state_dir: Path) -> dict[str, Any]:
+    """`validated`, skipped for a plan of the shape Ray's schema passed here last time (importing
+    the schema alone takes a second or two, on every apply). The shape leaves out each app's `args`
+    and each deployment's `user_config`: free-form objects to the schema (model files, weights)."""
+    shape = [
+        {
+            **{k: v for k, v in app.items() if k != "args"},
+            "deployments": [{k: v for k, v in d.items() if k != "user_config"} for d in app.get("deployments", [])],
+        }
+        for app in desired.get("applications", [])
+    ]
+    rest = {k: v for k, v in desired.items() if k != "applications"}
+    plan_text = json.dumps([importlib.metadata.version("ray"), rest, shape], sort_keys=True, default=str)
+    digest = hashlib.sha256(plan_text.encode()).hexdigest()
+    stamp = state_dir / VALIDATED_FILE
+    with contextlib.suppress(OSError):
+        if stamp.read_text() == digest:
+            return desired
+    validated(config, desired)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(digest)
+    return desired
+
+
 def running_configs(details: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     apps = details.get("applications") or {}
     return {name: app.get("deployed_app_config") or {} for name, app in apps.items()}
@@ -74,18 +107,21 @@ def warn_about_http_options(config: Config, details: Mapping[str, Any]) -> None:
         )
 
 
-def wait(cluster: Cluster, apps: list[str], gone: list[str], timeout_s: float) -> dict[str, Any]:
-    """Until every app in `apps` is healthy or failed and every app in `gone` is being deleted."""
+def wait(
+    cluster: Cluster, apps: list[str], gone: list[str], timeout_s: float, old: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """Until every app in `apps` is healthy (its old replicas, `old`, may still drain) or failed,
+    and every app in `gone` is being deleted."""
     deadline = time.monotonic() + timeout_s
-    time.sleep(0.5)
+    time.sleep(0.25)
     while True:
         details = cluster.details()
         running = details.get("applications") or {}
         leaving = [g for g in gone if g in running and running[g].get("status") != "DELETING"]
-        done = all(status.settled(running.get(a)) for a in apps) and not leaving
-        if done or time.monotonic() > deadline:
+        done = all(status.settled(running.get(a)) or status.serving_new(running.get(a), old) for a in apps)
+        if (done and not leaving) or time.monotonic() > deadline:
             return details
-        time.sleep(0.5)
+        time.sleep(0.25)
 
 
 def wait_routed(base_url: str, routes: list[str], settle_s: float = 1.0, timeout_s: float = 20.0) -> bool:
@@ -109,6 +145,30 @@ def wait_routed(base_url: str, routes: list[str], settle_s: float = 1.0, timeout
     return True
 
 
+def wait_new_replicas_answer(
+    base_url: str, routes: list[str], old: frozenset[str], in_a_row: int = 8, timeout_s: float = 15.0
+) -> bool:
+    """Until `in_a_row` answers in a row on each route come from replicas started by this apply.
+    A rolled-out section's old replicas drain for a while (node.DRAIN_S); the ingress stops
+    sending them requests a moment after they start to, and from then on the change is live."""
+    deadline = time.monotonic() + timeout_s
+    with requests.Session() as session:
+        for route in routes:
+            streak = 0
+            while streak < in_a_row:
+                if time.monotonic() > deadline:
+                    return False
+                try:
+                    reply = session.get(f"{base_url}/{route}/ping", timeout=5)
+                    replica = reply.headers.get(REPLICA_HEADER, "")
+                    streak = streak + 1 if reply.status_code == 200 and replica not in old else 0
+                except requests.RequestException:
+                    return False  # not reachable from here (a remote head on its own loopback)
+                if not streak:
+                    time.sleep(0.05)
+    return True
+
+
 def _pings(url: str) -> bool:
     try:
         reply = requests.get(url, timeout=5)
@@ -124,27 +184,54 @@ def check_fit(config: Config, cluster: Cluster, before: Mapping[str, Any]) -> No
 
 
 def apply(
-    config: Config, cluster: Cluster, before: dict[str, Any], state_dir: Path, base_url: str = "", stage: str = ""
+    config: Config,
+    cluster: Cluster,
+    before: dict[str, Any],
+    state_dir: Path,
+    base_url: str = "",
+    stage: str = "",
+    phases: Phases | None = None,
 ) -> Outcome:
     """Make the cluster match `config`; restore the sections that fail. Prints the change table."""
+    phases = phases or Phases()
     check_fit(config, cluster, before)
-    desired = validated(config, plan.deploy_config(config, upload_artifacts(config, cluster)))
+    phases.mark("check that the plan fits")
+    artifacts = upload_artifacts(config, cluster)
+    phases.mark("upload packages (skipped if there)")
+    # Ray's schema passed this plan with stand-in artifacts (cli.cmd_apply); the real ones differ
+    # only in the URIs Ray's upload made, file digests and requirement lines.
+    desired = plan.deploy_config(config, artifacts)
     keep = stages.others(running_configs(before), stage)  # other stages' apps, as they run
     previous = {name: app for name, app in running_configs(before).items() if name not in keep}
     changes = plan.diff(desired, previous)
     for change in changes:
         print(f"{change.action:>16}  {change.app}", flush=True)
+    if plan.unchanged(desired, previous) and all(
+        status.app_healthy(a) for a in (before.get("applications") or {}).values()
+    ):
+        _save_errors(state_dir, {})
+        return Outcome(before)  # nothing to send: Serve runs this plan already, healthy
     desired = {**desired, "applications": [*desired["applications"], *keep.values()]}
+    phases.mark("plan")
     _start_new_routers_beside(cluster, desired, previous, config.serve.deploy_timeout_s)
     cluster.apply(desired)
+    phases.mark("send the plan to Serve")
     names = [s.app_name for s in config.sections]
     gone = [c.app for c in changes if c.action == "remove"]
-    details = wait(cluster, names, gone, config.serve.deploy_timeout_s)
+    old = status.replica_ids(before)
+    details = wait(cluster, names, gone, config.serve.deploy_timeout_s, old)
+    phases.mark("wait until the new replicas serve")
     outcome = Outcome(details, failed=_failures(details, names))
-    touched = {c.app for c in changes if c.action not in ("unchanged", "remove")}
-    routes = [s.route for s in config.sections if s.app_name in touched and s.app_name not in outcome.failed]
+    routes = [r for r in _newly_routed(desired, previous) if not _served_by_failed(r, config, outcome.failed)]
     if routes and base_url:
         wait_routed(base_url, routes)
+        phases.mark("wait until the routes answer")
+    rolled = {c.app for c in changes if c.action == ROLL_OUT and c.app not in outcome.failed}
+    apps = desired["applications"]
+    rolled_routes = [a["route_prefix"].strip("/") for a in apps if a["name"] in rolled and a.get("route_prefix")]
+    if rolled_routes and base_url:
+        wait_new_replicas_answer(base_url, rolled_routes, old)
+        phases.mark("wait until the old replicas get no requests")
     _save_errors(state_dir, outcome.failed)
     was_healthy = {name for name in previous if status.app_healthy((before.get("applications") or {})[name])}
     restore = [name for name in outcome.failed if name in was_healthy]
@@ -185,6 +272,21 @@ def _start_new_routers_beside(
 
 #: Where a new router starts before it takes its route over.
 SIDE_PATH = "modelserve-starting"
+
+
+def _newly_routed(desired: Mapping[str, Any], previous: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Routes that this apply gives to an app that did not serve them: Ray's ingress learns them a
+    moment after Serve reports the app healthy. (A rolled-out section keeps its route throughout.)"""
+    routes = []
+    for app in desired["applications"]:
+        prefix = app.get("route_prefix")
+        if prefix and prefix != "/" and (previous.get(app["name"]) or {}).get("route_prefix") != prefix:
+            routes.append(prefix.strip("/"))
+    return routes
+
+
+def _served_by_failed(route: str, config: Config, failed: Mapping[str, status.Row]) -> bool:
+    return any(s.route == route and s.app_name in failed for s in config.sections)
 
 
 def _failures(details: Mapping[str, Any], names: list[str]) -> dict[str, status.Row]:

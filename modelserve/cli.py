@@ -17,12 +17,21 @@ from urllib.parse import urlparse
 
 import requests
 
-from modelserve import bench, openapi, plan, stages, status, traffic
-from modelserve.apply import ERRORS_FILE, apply, running_configs, validated, wait, warn_about_http_options
+from modelserve import plan, stages, status, traffic
+from modelserve.apply import (
+    ERRORS_FILE,
+    apply,
+    running_configs,
+    validated,
+    validated_once,
+    wait,
+    warn_about_http_options,
+)
 from modelserve.cluster import Cluster, ClusterError, resolve_dashboard, stop_local_head
 from modelserve.config import ConfigError, load_config
 from modelserve.fit import ClusterResources, fit_problems
 from modelserve.settings import PACKAGE_PREFIX, Config
+from modelserve.timings import Phases
 from modelserve.warmup import read_warmup
 
 EXIT_UNHEALTHY = 1
@@ -36,6 +45,8 @@ class UsageError(Exception):
 
 #: What the controller remembers of its last apply, so `status` and `down` work without a valid conf.ini.
 LAST_APPLY = "last_apply.json"
+#: Packages uploaded from here: `{content digest: URI}` (Cluster.upload).
+UPLOADS = "uploads.json"
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -64,18 +75,23 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    phases = Phases(getattr(args, "timings", False))
     config = _config(args)
-    validated(config, plan.deploy_config(config, plan.Artifacts.placeholder(config)))
     state_dir = _state_dir(args.config)
+    validated_once(config, plan.deploy_config(config, plan.Artifacts.placeholder(config)), state_dir)
+    phases.mark("read and validate conf.ini")
     dashboard = resolve_dashboard(config.serve, state_dir, start=True)
     assert dashboard is not None
-    cluster = Cluster(dashboard)
+    phases.mark("find (or start) the cluster")
+    cluster = Cluster(dashboard, uploads=state_dir / UPLOADS)
     before = cluster.details()
+    phases.mark("read what runs")
     warn_about_http_options(config, before)
     base_url = _base_url(config, dashboard)
     _remember(state_dir, dashboard, base_url)
-    outcome = apply(config, cluster, before, state_dir, base_url, stage=args.stage)
+    outcome = apply(config, cluster, before, state_dir, base_url, stage=args.stage, phases=phases)
     code = _report(status.rows(outcome.details, base_url, [s.app_name for s in config.sections]))
+    phases.total()
     for name, row in outcome.failed.items():
         what = "rolled back to its last good configuration" if name in outcome.rolled_back else "left as it is"
         why = status.cause(row.message) if row.message else f"not healthy within {config.serve.deploy_timeout_s:g} s"
@@ -259,6 +275,8 @@ def cmd_openapi(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_UNHEALTHY
+    from modelserve import openapi  # here: the other commands do without its imports
+
     text = json.dumps(openapi.merge(documents, title=f"modelserve: {config.path.name}"), indent=2) + "\n"
     if args.output:
         Path(args.output).write_text(text)
@@ -311,6 +329,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         f"{method} {url}: {args.concurrency} connection(s), up to {args.duration}s"
         + (f" or {args.requests} requests" if args.requests else "")
     )
+    from modelserve import bench  # here: the other commands do without its imports
+
     summary = bench.run(url, params, args.concurrency, args.duration, args.requests, method=method)
     print(summary.render())
     return 0 if summary.non_2xx == summary.errors == 0 and summary.requests else EXIT_UNHEALTHY
@@ -339,7 +359,8 @@ def parser() -> argparse.ArgumentParser:
         cmd.set_defaults(func=func, command=name)
         return cmd
 
-    command("apply", cmd_apply, "validate, then make the cluster match the file (default)")
+    apply_cmd = command("apply", cmd_apply, "validate, then make the cluster match the file (default)")
+    apply_cmd.add_argument("--timings", action="store_true", help="print where the apply's time went (stderr)")
     command("check", cmd_check, "validate the file only; touches no cluster")
     command("status", cmd_status, "show what runs now (works from the last apply if conf.ini is broken)")
     down = command("down", cmd_down, "remove every deployed section (works from the last apply if conf.ini is broken)")

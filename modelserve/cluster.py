@@ -27,6 +27,7 @@ import requests
 from modelserve import raycompat
 from modelserve.fit import ClusterResources
 from modelserve.node import NodeSpec, ensure_token, free_port, has_token, node_env, ray_start_command
+from modelserve.packaging import tree_digest
 from modelserve.settings import ServeSettings
 
 STATE_FILE = "cluster.json"
@@ -205,39 +206,85 @@ def resolve_dashboard(settings: ServeSettings, state_dir: Path, start: bool) -> 
 
 
 class Cluster:
-    """A connection to one cluster's dashboard: upload packages, apply, read, delete."""
+    """A connection to one cluster's dashboard: upload packages, apply, read, delete.
 
-    def __init__(self, dashboard_url: str) -> None:
-        use_token_if_available()
+    Serve's REST API (`/api/serve/applications/`) is called directly: Ray's client for it would
+    import Ray, a second or more on every command. Ray's upload client is loaded only for a
+    package whose content the cluster has not seen from here (`uploads`: what was uploaded)."""
+
+    SERVE_API = "/api/serve/applications/"
+
+    def __init__(self, dashboard_url: str, uploads: Path | None = None) -> None:
         self.dashboard_url = dashboard_url
-        try:
-            self._client = raycompat.submission_client(dashboard_url)
-        except Exception as exc:
-            raise ClusterError(f"cannot reach the Ray dashboard at {dashboard_url}: {exc}") from exc
+        self._headers = raycompat.auth_headers()
+        self._client: Any = None
+        self._uploads = uploads
 
     def upload(self, staged_dir: Path) -> str:
         """Upload a directory as a py_module (skipped when that content is there already)."""
-        return raycompat.upload_package(self._client, str(staged_dir))
+        digest = tree_digest(staged_dir)
+        known = self._known_uploads()
+        uri = known.get(digest)
+        if uri and self._package_exists(uri):
+            return uri
+        if self._client is None:
+            use_token_if_available()
+            try:
+                self._client = raycompat.submission_client(self.dashboard_url)
+            except Exception as exc:
+                raise ClusterError(f"cannot reach the Ray dashboard at {self.dashboard_url}: {exc}") from exc
+        uri = raycompat.upload_package(self._client, str(staged_dir))
+        if self._uploads is not None:
+            self._uploads.parent.mkdir(parents=True, exist_ok=True)
+            self._uploads.write_text(json.dumps({**known, digest: uri}, indent=1))
+        return uri
+
+    def _known_uploads(self) -> dict[str, str]:
+        try:
+            known = json.loads(self._uploads.read_text()) if self._uploads else {}
+        except (OSError, ValueError):
+            return {}
+        return known if isinstance(known, dict) else {}
+
+    def _package_exists(self, uri: str) -> bool:
+        protocol, _, name = uri.partition("://")
+        return self._call("GET", f"/api/packages/{protocol}/{name}", ok=(200, 404)).status_code == 200
 
     def apply(self, deploy_config: Mapping[str, Any]) -> None:
-        try:
-            self._client.deploy_applications(dict(deploy_config))
-        except Exception as exc:
-            raise ClusterError(f"the cluster refused the configuration: {exc}") from exc
+        reply = self._call("PUT", self.SERVE_API, body=dict(deploy_config), ok=None)
+        if reply.status_code != 200:
+            raise ClusterError(f"the cluster refused the configuration (HTTP {reply.status_code}): {reply.text[:2000]}")
 
     def details(self) -> dict[str, Any]:
         try:
-            details: dict[str, Any] = self._client.get_serve_details()
+            details: dict[str, Any] = self._call("GET", self.SERVE_API).json()
             return details
-        except Exception as exc:
+        except ValueError as exc:
             raise ClusterError(f"cannot read Serve status from {self.dashboard_url}: {exc}") from exc
 
     def delete_all(self) -> None:
-        self._client.delete_applications()
+        self._call("DELETE", self.SERVE_API)
+
+    def _call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] | None = (200,)) -> requests.Response:
+        """One request to the dashboard; a ClusterError where it cannot be reached or answers
+        other than `ok` (None: any answer)."""
+        url = f"{self.dashboard_url}{path}"
+        try:
+            reply = requests.request(method, url, json=body, headers=self._headers, timeout=60)
+        except requests.RequestException as exc:
+            raise ClusterError(f"cannot reach the Ray dashboard at {self.dashboard_url}: {exc}") from exc
+        if reply.status_code in (401, 403):
+            raise ClusterError(
+                f"the Ray dashboard at {self.dashboard_url} refused our token (HTTP {reply.status_code}): "
+                "give this cluster's token in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"
+            )
+        if ok is not None and reply.status_code not in ok:
+            raise ClusterError(f"{method} {url} answered HTTP {reply.status_code}: {reply.text[:500]}")
+        return reply
 
     def _get_json(self, path: str) -> Any:
         try:
-            reply = requests.get(f"{self.dashboard_url}{path}", headers=raycompat.auth_headers(), timeout=30)
+            reply = requests.get(f"{self.dashboard_url}{path}", headers=self._headers, timeout=30)
             reply.raise_for_status()
             return reply.json()["data"]
         except (requests.RequestException, ValueError, KeyError) as exc:
@@ -269,7 +316,7 @@ class Cluster:
         url = f"{self.dashboard_url}{raycompat.LOG_API_PATH}/{'stream' if follow else 'file'}"
         try:
             with requests.get(
-                url, params=query, headers=raycompat.auth_headers(), stream=True, timeout=(5, None if follow else 30)
+                url, params=query, headers=self._headers, stream=True, timeout=(5, None if follow else 30)
             ) as reply:
                 if reply.status_code != 200:
                     raise ClusterError(f"cannot read {filename} on node {node_id[:8]}: {reply.text[:300]}")

@@ -30,6 +30,9 @@ from modelserve.inputs import File
 #: The key of the one-key object that carries bytes in a JSON answer.
 BYTES_KEY = "$bytes"
 
+#: Names the replica that answered (the id `status` details and `controller.py logs` show).
+REPLICA_HEADER = "x-modelserve-replica"
+
 
 @dataclass(frozen=True)
 class RawResponse:

@@ -19,6 +19,16 @@ from pathlib import Path
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints", ".git")
 
 
+def tree_digest(directory: Path) -> str:
+    """A digest of a directory's name and every file in it (paths and bytes): what an upload holds."""
+    digest = hashlib.sha256(directory.name.encode())
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(directory)).encode() + b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
 @contextmanager
 def staged_package(algopkg_dir: Path, package: str) -> Iterator[Path]:
     """A temporary `algopkg/` directory holding only `package`, ready for upload."""

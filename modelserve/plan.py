@@ -201,25 +201,33 @@ def _subset(running: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
 
 def diff(desired: Mapping[str, Any], running: Mapping[str, Mapping[str, Any]]) -> list[Change]:
     """What applying `desired` does to each app, given `{name: deployed_app_config}` of what runs."""
-    changes: list[Change] = []
-    for app in desired["applications"]:
-        if app["name"] == fallback.APP_NAME:  # the 404 answer: never in the table
-            continue
-        current = running.get(app["name"])
-        if current is None:
-            action = "new"
-        elif any(current.get(k) != app[k] for k in _CODE_KEYS):
-            action = ROLL_OUT
-        elif current.get("route_prefix") != app["route_prefix"] or not _deployments_match(
-            current.get("deployments") or [], app["deployments"]
-        ):
-            action = IN_PLACE
-        else:
-            action = "unchanged"
-        changes.append(Change(app["name"], action))
+    changes = [
+        Change(app["name"], _action(app, running.get(app["name"])))
+        for app in desired["applications"]
+        if app["name"] != fallback.APP_NAME  # the 404 answer: never in the table
+    ]
     wanted = {app["name"] for app in desired["applications"]}
     changes.extend(Change(name, "remove") for name in running if name not in wanted and name != fallback.APP_NAME)
     return changes
+
+
+def unchanged(desired: Mapping[str, Any], running: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether applying `desired` would change nothing that runs (the 404 app included)."""
+    wanted = {app["name"] for app in desired["applications"]}
+    same = all(_action(app, running.get(app["name"])) == "unchanged" for app in desired["applications"])
+    return same and set(running) <= wanted
+
+
+def _action(app: Mapping[str, Any], current: Mapping[str, Any] | None) -> str:
+    if current is None:
+        return "new"
+    if any(current.get(k) != app[k] for k in _CODE_KEYS):
+        return ROLL_OUT
+    if current.get("route_prefix") != app["route_prefix"] or not _deployments_match(
+        current.get("deployments") or [], app["deployments"]
+    ):
+        return IN_PLACE
+    return "unchanged"
 
 
 def _deployments_match(running: list[Mapping[str, Any]], wanted: list[Mapping[str, Any]]) -> bool:

@@ -8,9 +8,12 @@ checks every name here against the installed Ray: upgrading Ray is this file plu
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 RAY_SERIES = "2.60"
@@ -122,11 +125,28 @@ def metrics_targets(summary: Mapping[str, Any]) -> list[str]:
     return sorted(targets)
 
 
-def auth_headers() -> dict[str, str]:
-    """The `Authorization` header for Ray's HTTP endpoints when token auth is on."""
+def ray_auth_headers() -> dict[str, str]:
+    """Ray's own `Authorization` header for its HTTP endpoints (imports Ray: a second or more)."""
     from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
 
     return dict(get_auth_headers_if_auth_enabled({}))
+
+
+def auth_headers(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What `ray_auth_headers` returns, without importing Ray: under token auth (RAY_AUTH_MODE=token,
+    or unset with a token at hand, as `cluster.use_token_if_available` decides), `Bearer <token>`
+    with the token from RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token.
+    test_raycompat checks both agree."""
+    env = os.environ if env is None else env
+    if env.get(AUTH_MODE, "token") != "token":
+        return {}
+    token = env.get(AUTH_TOKEN, "")
+    if not token:
+        path = Path(env.get(AUTH_TOKEN_PATH) or Path.home() / ".ray" / "auth_token")
+        with contextlib.suppress(OSError):
+            token = path.read_text()
+    token = token.strip()
+    return {"authorization": f"Bearer {token}"} if token else {}
 
 
 def submission_client(dashboard_url: str) -> Any:

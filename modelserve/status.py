@@ -51,8 +51,36 @@ def node_labels(replicas: list[Mapping[str, Any]]) -> tuple[str, ...]:
     return tuple(labels)
 
 
+def replica_ids(details: Mapping[str, Any]) -> frozenset[str]:
+    """Every replica of every app in `details` (before an apply: the replicas a roll-out replaces)."""
+    apps = (details.get("applications") or {}).values()
+    return frozenset(
+        str(r.get("replica_id"))
+        for app in apps
+        for deployment in (app.get("deployments") or {}).values()
+        for r in deployment.get("replicas") or []
+    )
+
+
+def serving_new(app: Mapping[str, Any] | None, old: frozenset[str]) -> bool:
+    """A rolled-out app whose new replicas all serve while replicas from before (`old`) drain.
+
+    Serve reports it DEPLOYING until the old replicas have drained and stopped (5 s, node.DRAIN_S),
+    but from then on every request is answered by the new version: the apply is done."""
+    if app is None or app.get("status") != "DEPLOYING":
+        return False
+    deployment = _deployment(app)
+    replicas = deployment.get("replicas") or []
+    new_running = [r for r in replicas if r.get("state") == "RUNNING" and r.get("replica_id") not in old]
+    leaving = [r for r in replicas if r.get("replica_id") in old]
+    target = int(deployment.get("target_num_replicas", 0) or 0)
+    stopping = all(r.get("state") == "STOPPING" for r in leaving)
+    return deployment.get("status") == "UPDATING" and bool(leaving) and stopping and len(new_running) == target > 0
+
+
 def app_row(name: str, app: Mapping[str, Any], base_url: str) -> Row:
-    """One row for one Serve application (one conf.ini section)."""
+    """One row for one Serve application (one conf.ini section). A roll-out's last seconds, its
+    new replicas serving while the replaced ones drain (Serve: DEPLOYING), show as HEALTHY."""
     config = app.get("deployed_app_config") or {}
     section = (config.get("args") or {}).get("section") or f"{PACKAGE}{name}"
     deployment = _deployment(app)
@@ -60,7 +88,7 @@ def app_row(name: str, app: Mapping[str, Any], base_url: str) -> Row:
     running = [r for r in replicas if r.get("state") == "RUNNING"]
     app_status = app.get("status", "UNKNOWN")
     dep_status = deployment.get("status", "")
-    if app_status == "RUNNING" and dep_status == "HEALTHY":
+    if (app_status == "RUNNING" and dep_status == "HEALTHY") or _draining(app):
         status = HEALTHY
     elif app_status in _FAILED_APP or dep_status in ("UNHEALTHY", "DEPLOY_FAILED"):
         status = dep_status if dep_status in ("UNHEALTHY", "DEPLOY_FAILED") else app_status
@@ -128,6 +156,15 @@ def traffic_lines(details: Mapping[str, Any], mirrored: Mapping[tuple[str, str],
 
 def app_healthy(app: Mapping[str, Any] | None) -> bool:
     return app is not None and app_row("", app, "").healthy
+
+
+def _draining(app: Mapping[str, Any]) -> bool:
+    """Serving at its target while replicas it replaced drain: RUNNING and STOPPING ones only."""
+    deployment = _deployment(app)
+    states = [r.get("state") for r in deployment.get("replicas") or []]
+    target = int(deployment.get("target_num_replicas", 0) or 0)
+    serving = app.get("status") == "DEPLOYING" and deployment.get("status") == "UPDATING"
+    return serving and "STOPPING" in states and states.count("RUNNING") == target > 0 == states.count("STARTING")
 
 
 def app_message(app: Mapping[str, Any]) -> str:

@@ -5,6 +5,7 @@ import pytest
 from helpers import make_project, write_conf
 
 from modelserve.cli import cmd_apply, main, parser
+from modelserve.config import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -207,3 +208,65 @@ def test_sections_being_removed_are_not_failures(fake, tmp_path: Path, capsys: p
     conf = write_conf(make_project(tmp_path), {"address": fake.url}, ECHO)
     assert main(["status", "-c", str(conf)]) == 0
     assert re.search(r"algopkg.Echo\s+\S*\s+0/0\s+DELETING", capsys.readouterr().out)
+
+
+def test_an_unchanged_re_apply_sends_nothing(fake, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Serve runs this very plan, healthy: the apply reads, compares and reports, without a PUT or a wait."""
+    fake.details["applications"] = {"Echo": healthy()}
+    conf = write_conf(make_project(tmp_path), {"address": fake.url, "port": 8123}, ECHO)
+    assert main(["-c", str(conf)]) == 0
+    (sent,) = fake.deployed
+    fake.details["applications"] = {
+        app["name"]: {**healthy(app["route_prefix"]), "deployed_app_config": app} for app in sent["applications"]
+    }
+    capsys.readouterr()
+    assert main(["-c", str(conf)]) == 0
+    assert len(fake.deployed) == 1, "an unchanged plan was sent again"
+    out = capsys.readouterr().out
+    assert "unchanged  Echo" in out and re.search(r"algopkg.Echo\s+http://127.0.0.1:8123/echo\s+1/1\s+HEALTHY", out)
+    unhealthy = fake.details["applications"]["Echo"]
+    unhealthy["status"] = "DEPLOY_FAILED"
+    main(["-c", str(conf)])
+    assert len(fake.deployed) == 2, "an unchanged plan is sent again where something is not healthy"
+
+
+def test_apply_timings_name_each_phase(fake, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.details["applications"] = {"Echo": healthy()}
+    conf = write_conf(make_project(tmp_path), {"address": fake.url}, ECHO)
+    assert main(["apply", "--timings", "-c", str(conf)]) == 0
+    phases = [line.split("  ")[0] for line in capsys.readouterr().err.splitlines() if line.startswith("timing:")]
+    assert phases[0] == "timing: read and validate conf.ini" and phases[-1] == "timing: total", phases
+    assert "timing: send the plan to Serve" in phases
+
+
+def test_ray_s_schema_is_not_imported_again_for_a_plan_it_passed(tmp_path: Path) -> None:
+    from modelserve import apply as apply_module
+    from modelserve import plan
+    from modelserve.config import load_config
+
+    conf = write_conf(make_project(tmp_path), {}, ECHO)
+    config = load_config(str(conf))
+    desired = plan.deploy_config(config, plan.Artifacts.placeholder(config))
+    calls: list[int] = []
+    real = apply_module.validated
+
+    def counted(config_: object, desired_: dict) -> dict:
+        calls.append(1)
+        return real(config_, desired_)  # type: ignore[arg-type]
+
+    state = tmp_path / ".modelserve"
+    try:
+        apply_module.validated = counted  # type: ignore[assignment]
+        apply_module.validated_once(config, desired, state)
+        apply_module.validated_once(config, desired, state)
+        assert len(calls) == 1
+        desired["applications"][0]["args"]["model_files"] = ["other.txt"]
+        desired["applications"][0]["deployments"][0]["user_config"] = {"x": 1}
+        apply_module.validated_once(config, desired, state)
+        assert len(calls) == 1, "free-form args and user_config are no part of the schema's verdict"
+        desired["applications"][0]["deployments"][0]["num_replicas"] = "two"
+        with pytest.raises(ConfigError):
+            apply_module.validated_once(config, desired, state)
+        assert len(calls) == 2, "a plan of another shape is validated again"
+    finally:
+        apply_module.validated = real

@@ -245,3 +245,13 @@ def test_a_shared_route_gets_a_router_and_weights_change_in_place(config: Config
         plan.Change("Echo:shadow", "unchanged"),
         plan.Change("modelserve-route.echo", "update in place"),
     ]
+
+
+def test_unchanged_covers_every_app_the_404_one_included(config: Config) -> None:
+    desired = plan.deploy_config(config, artifacts())
+    running = running_copy(desired)
+    assert plan.unchanged(desired, running)
+    without_404 = {name: app for name, app in running.items() if name == "Echo"}
+    assert not plan.unchanged(desired, without_404)
+    assert not plan.unchanged(desired, {**running, "Old": running["Echo"]}), "a section to remove is a change"
+    assert not plan.unchanged(plan.deploy_config(config, artifacts(digest="d2")), running)

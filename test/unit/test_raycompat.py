@@ -99,3 +99,45 @@ def test_deployment_handles_still_take_the_direct_transport_option() -> None:
     from ray.serve.handle import DeploymentHandle
 
     assert "_by_reference" in inspect.signature(DeploymentHandle.options).parameters
+
+
+_COMPARE = """
+import json
+from modelserve import raycompat
+raycompat.refresh_auth_mode()
+print(json.dumps([raycompat.auth_headers(), raycompat.ray_auth_headers()]))
+"""
+
+
+@pytest.mark.parametrize("how", ["env", "path", "default file", "auth off"])
+def test_our_token_header_is_the_one_ray_sends(how: str, tmp_path: Path) -> None:
+    """`auth_headers` reads the token as Ray's C++ loader does, without importing Ray (each case in a fresh process:
+    Ray's loader caches the token)."""
+    import json
+    import subprocess
+    import sys
+
+    token = "0123456789abcdef0123456789abcdef"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env["HOME"] = str(tmp_path)
+    env[raycompat.AUTH_MODE] = "disabled" if how == "auth off" else "token"
+    if how == "env":
+        env[raycompat.AUTH_TOKEN] = token
+    elif how == "path":
+        (tmp_path / "tok").write_text(token + "\n")
+        env[raycompat.AUTH_TOKEN_PATH] = str(tmp_path / "tok")
+    else:
+        (tmp_path / ".ray").mkdir()
+        (tmp_path / ".ray" / "auth_token").write_text(token)
+    out = subprocess.run([sys.executable, "-c", _COMPARE], env=env, capture_output=True, text=True, timeout=60)
+    ours, rays = json.loads(out.stdout.strip().splitlines()[-1])
+    assert ours == rays, (ours, rays)
+    assert bool(ours) == (how != "auth off")
+
+
+def test_the_serve_rest_paths_we_call_are_ray_s() -> None:
+    from ray.dashboard.modules.serve import sdk
+
+    from modelserve.cluster import Cluster
+
+    assert sdk.DEPLOY_PATH == sdk.STATUS_PATH == sdk.DELETE_PATH == Cluster.SERVE_API

@@ -83,3 +83,33 @@ def test_the_cause_of_a_failure_is_the_backend_s_own_error() -> None:
         "Runtime env setup for app 'X' failed: something broke"
     )
     assert status.cause("") == "no message from the cluster"
+
+
+def rolling(states: dict[str, str], target: int = 1) -> dict:
+    rolled = app("DEPLOYING", "UPDATING", [], target)
+    rolled["deployments"]["Echo"]["replicas"] = [
+        {"replica_id": rid, "state": state, "node_ip": "10.0.0.1"} for rid, state in states.items()
+    ]
+    return rolled
+
+
+def test_a_roll_out_is_done_once_its_new_replicas_serve_while_the_old_ones_drain() -> None:
+    old = status.replica_ids({"applications": {"Echo": rolling({"a": "RUNNING", "b": "RUNNING"}, 2)}})
+    assert old == {"a", "b"}
+    draining = rolling({"a": "STOPPING", "b": "STOPPING", "c": "RUNNING", "d": "RUNNING"}, 2)
+    assert status.serving_new(draining, old)
+    row = status.app_row("Echo", draining, "")
+    assert row.healthy and (row.ready, row.target) == (2, 2)
+    # An old replica still serving, a new one still starting, or no old one at all: not done yet.
+    assert not status.serving_new(rolling({"a": "STOPPING", "b": "RUNNING", "c": "RUNNING"}, 2), old)
+    assert not status.serving_new(rolling({"a": "STOPPING", "b": "STOPPING", "c": "RUNNING", "d": "STARTING"}, 2), old)
+    assert not status.serving_new(rolling({"c": "RUNNING"}, 1), old)
+    assert not status.serving_new(None, old)
+
+
+def test_an_app_serving_while_replaced_replicas_drain_counts_as_healthy_for_the_next_apply() -> None:
+    """`status` right after an apply, or the next apply, may come while the last one's old replicas drain."""
+    assert status.app_healthy(rolling({"a": "STOPPING", "c": "RUNNING"}))
+    assert not status.app_healthy(rolling({"a": "STOPPING", "c": "STARTING"}))
+    assert not status.app_healthy(rolling({"a": "STOPPING"}))
+    assert status.app_healthy(app("RUNNING", "HEALTHY", ["RUNNING"], 1))
