@@ -69,11 +69,14 @@ def validated(config: Config, desired: dict[str, Any]) -> dict[str, Any]:
 
 def validated_once(config: Config, desired: dict[str, Any], state_dir: Path) -> dict[str, Any]:
     """`validated`, skipped for a plan of the shape Ray's schema passed here last time (importing
-    the schema alone takes a second or two, on every apply). The shape leaves out each app's `args`
-    and each deployment's `user_config`: free-form objects to the schema (model files, weights)."""
+    the schema alone takes a second or two, on every apply). The shape leaves out each app's `args`,
+    the values of its `env_vars` and each deployment's `user_config`: free-form to the schema (model
+    files, their digests)."""
     shape = [
         {
-            **{k: v for k, v in app.items() if k != "args"},
+            **{k: v for k, v in app.items() if k not in ("args", "runtime_env")},
+            "env": sorted((app.get("runtime_env") or {}).get("env_vars") or {}),
+            "runtime_env": {k: v for k, v in (app.get("runtime_env") or {}).items() if k != "env_vars"},
             "deployments": [{k: v for k, v in d.items() if k != "user_config"} for d in app.get("deployments", [])],
         }
         for app in desired.get("applications", [])

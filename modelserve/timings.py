@@ -16,9 +16,9 @@ class Phases:
     def mark(self, phase: str) -> None:
         now = time.monotonic()
         if self.enabled:
-            print(f"timing: {phase:<34} {now - self._last:6.2f} s", file=sys.stderr, flush=True)
+            print(f"timing: {phase:<44} {now - self._last:6.2f} s", file=sys.stderr, flush=True)
         self._last = now
 
     def total(self) -> None:
         if self.enabled:
-            print(f"timing: {'total':<34} {time.monotonic() - self._start:6.2f} s", file=sys.stderr, flush=True)
+            print(f"timing: {'total':<44} {time.monotonic() - self._start:6.2f} s", file=sys.stderr, flush=True)

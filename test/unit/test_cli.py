@@ -261,6 +261,7 @@ def test_ray_s_schema_is_not_imported_again_for_a_plan_it_passed(tmp_path: Path)
         apply_module.validated_once(config, desired, state)
         assert len(calls) == 1
         desired["applications"][0]["args"]["model_files"] = ["other.txt"]
+        desired["applications"][0]["runtime_env"]["env_vars"]["MODEL_FILES"] = "other.txt"
         desired["applications"][0]["deployments"][0]["user_config"] = {"x": 1}
         apply_module.validated_once(config, desired, state)
         assert len(calls) == 1, "free-form args and user_config are no part of the schema's verdict"
