@@ -222,7 +222,9 @@ def apply(
     names = [s.app_name for s in config.sections]
     gone = [c.app for c in changes if c.action == "remove"]
     old = status.replica_ids(before)
-    details = wait(cluster, names, gone, config.serve.deploy_timeout_s, old)
+    # Routers too: a new weight or sticky header is live once every router replica has it.
+    waited = [c.app for c in changes if c.action != "remove"]
+    details = wait(cluster, waited, gone, config.serve.deploy_timeout_s, old)
     phases.mark("wait until the new replicas serve")
     outcome = Outcome(details, failed=_failures(details, names))
     routes = [r for r in _newly_routed(desired, previous) if not _served_by_failed(r, config, outcome.failed)]

@@ -262,7 +262,8 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     for spec in routes.values():
         url = f"{base_url}/{spec.route}/openapi.json"
         try:
-            response = requests.get(url, timeout=10)
+            # A section scaled to zero answers once a replica has loaded: up to its deploy timeout.
+            response = requests.get(url, timeout=(5, config.serve.deploy_timeout_s))
             response.raise_for_status()
             documents.append(response.json())
         except (requests.RequestException, ValueError) as exc:
