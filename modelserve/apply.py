@@ -127,18 +127,22 @@ def wait(
         time.sleep(0.25)
 
 
-def wait_routed(base_url: str, routes: list[str], settle_s: float = 1.0, timeout_s: float = 20.0) -> bool:
+def wait_routed(
+    base_url: str, routes: list[str], settle_s: float = 1.0, timeout_s: float = 20.0, old: frozenset[str] = frozenset()
+) -> bool:
     """Until the HTTP port has answered `/<route>/ping` from a replica for every route, `settle_s`
     in a row. Serve reports a section healthy a moment before its ingress reloads with the route;
-    a user's first call must not get a 404. False where the port cannot be reached from here
-    (a remote head that listens on its own loopback) or the routes never settle."""
+    a user's first call must not get a 404. With `old`: answered by none of those replicas (a
+    rolled-out section's replaced ones drain for a while, node.DRAIN_S, and the ingress stops
+    sending them requests a moment after they start to). False where the port cannot be reached
+    from here (a remote head that listens on its own loopback) or the routes never settle."""
     start = since = time.monotonic()
     reached = False
     while time.monotonic() - since < settle_s:
         if time.monotonic() - start > timeout_s or (not reached and time.monotonic() - start > 3):
             return False
         try:
-            ok = all(_pings(f"{base_url}/{route}/ping") for route in routes)
+            ok = all(_pings(f"{base_url}/{route}/ping", old) for route in routes)
             reached = True
         except requests.ConnectionError:
             ok = False
@@ -148,34 +152,11 @@ def wait_routed(base_url: str, routes: list[str], settle_s: float = 1.0, timeout
     return True
 
 
-def wait_new_replicas_answer(
-    base_url: str, routes: list[str], old: frozenset[str], in_a_row: int = 8, timeout_s: float = 15.0
-) -> bool:
-    """Until `in_a_row` answers in a row on each route come from replicas started by this apply.
-    A rolled-out section's old replicas drain for a while (node.DRAIN_S); the ingress stops
-    sending them requests a moment after they start to, and from then on the change is live."""
-    deadline = time.monotonic() + timeout_s
-    with requests.Session() as session:
-        for route in routes:
-            streak = 0
-            while streak < in_a_row:
-                if time.monotonic() > deadline:
-                    return False
-                try:
-                    reply = session.get(f"{base_url}/{route}/ping", timeout=5)
-                    replica = reply.headers.get(REPLICA_HEADER, "")
-                    streak = streak + 1 if reply.status_code == 200 and replica not in old else 0
-                except requests.RequestException:
-                    return False  # not reachable from here (a remote head on its own loopback)
-                if not streak:
-                    time.sleep(0.05)
-    return True
-
-
-def _pings(url: str) -> bool:
+def _pings(url: str, old: frozenset[str] = frozenset()) -> bool:
     try:
         reply = requests.get(url, timeout=5)
-        return reply.status_code == 200 and reply.json().get("result") == "pong"
+        fresh = reply.headers.get(REPLICA_HEADER, "") not in old
+        return reply.status_code == 200 and fresh and reply.json().get("result") == "pong"
     except (requests.Timeout, ValueError, AttributeError):
         return False
 
@@ -235,7 +216,7 @@ def apply(
     apps = desired["applications"]
     rolled_routes = [a["route_prefix"].strip("/") for a in apps if a["name"] in rolled and a.get("route_prefix")]
     if rolled_routes and base_url:
-        wait_new_replicas_answer(base_url, rolled_routes, old)
+        wait_routed(base_url, rolled_routes, settle_s=0.4, timeout_s=15, old=old)
         phases.mark("wait until the old replicas get no requests")
     _save_errors(state_dir, outcome.failed)
     was_healthy = {name for name in previous if status.app_healthy((before.get("applications") or {})[name])}

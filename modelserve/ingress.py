@@ -298,7 +298,7 @@ class ModelReplica:
             self._metrics.batch_size.observe(len(batch))
             if self._access_json:
                 self._batch_sizes.update((request_id, len(batch)) for request_id in request_ids)
-        if not self._own_batch:  # one hand-off to the model thread for all, each answered on its own
+        if not self._own_batch:  # each answered on its own, in one hand-off where the model thread runs them
             return await self._calls.run_each(self._one, batch)
         try:
             results = await self._calls.run(self._backend.infer_batch, batch)

@@ -66,16 +66,12 @@ def serving_new(app: Mapping[str, Any] | None, old: frozenset[str]) -> bool:
     """A rolled-out app whose new replicas all serve while replicas from before (`old`) drain.
 
     Serve reports it DEPLOYING until the old replicas have drained and stopped (5 s, node.DRAIN_S),
-    but from then on every request is answered by the new version: the apply is done."""
-    if app is None or app.get("status") != "DEPLOYING":
+    but its new version is at its target: the apply is done. (`_draining` without knowing which
+    replicas are new; here every replica from before must be one of the stopping ones.)"""
+    if app is None or not _draining(app):
         return False
-    deployment = _deployment(app)
-    replicas = deployment.get("replicas") or []
-    new_running = [r for r in replicas if r.get("state") == "RUNNING" and r.get("replica_id") not in old]
-    leaving = [r for r in replicas if r.get("replica_id") in old]
-    target = int(deployment.get("target_num_replicas", 0) or 0)
-    stopping = all(r.get("state") == "STOPPING" for r in leaving)
-    return deployment.get("status") == "UPDATING" and bool(leaving) and stopping and len(new_running) == target > 0
+    leaving = [r for r in _deployment(app).get("replicas") or [] if r.get("replica_id") in old]
+    return bool(leaving) and all(r.get("state") == "STOPPING" for r in leaving)
 
 
 def app_row(name: str, app: Mapping[str, Any], base_url: str) -> Row:
