@@ -13,7 +13,6 @@ from ray.serve import Application
 from modelserve.fallback import DEPLOYMENT, RouteNotFound
 from modelserve.ingress import ModelReplica
 from modelserve.replica_spec import ReplicaArgs
-from modelserve.router import Router
 
 
 def build(args: dict[str, Any]) -> Application:
@@ -24,8 +23,3 @@ def build(args: dict[str, Any]) -> Application:
 def build_fallback(args: dict[str, Any]) -> Application:
     """The 404 answer for paths no section owns (fallback.py)."""
     return serve.deployment(name=DEPLOYMENT)(RouteNotFound).bind()
-
-
-def build_router(args: dict[str, Any]) -> Application:
-    """The router of a shared or mirrored route (router.py, traffic.py)."""
-    return serve.deployment(name="Router")(Router).bind(args["route"])

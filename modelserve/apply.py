@@ -20,7 +20,7 @@ from typing import Any
 
 import requests
 
-from modelserve import plan, stages, status, traffic
+from modelserve import plan, stages, status
 from modelserve.cluster import Cluster
 from modelserve.config import ConfigError
 from modelserve.envelope import REPLICA_HEADER
@@ -184,9 +184,9 @@ def apply(
     phases.mark("upload packages (skipped if there)")
     # Ray's schema passed this plan with stand-in artifacts (cli.cmd_apply); the real ones differ
     # only in the URIs Ray's upload made, file digests and requirement lines.
-    desired = plan.deploy_config(config, artifacts)
     keep = stages.others(running_configs(before), stage)  # other stages' apps, as they run
     previous = {name: app for name, app in running_configs(before).items() if name not in keep}
+    desired = plan.deploy_config(config, artifacts, plan.route_owners(previous))
     changes = plan.diff(desired, previous)
     for change in changes:
         print(f"{change.action:>16}  {change.app}", flush=True)
@@ -197,13 +197,12 @@ def apply(
         return Outcome(before)  # nothing to send: Serve runs this plan already, healthy
     desired = {**desired, "applications": [*desired["applications"], *keep.values()]}
     phases.mark("plan")
-    _start_new_routers_beside(cluster, desired, previous, config.serve.deploy_timeout_s)
     cluster.apply(desired)
     phases.mark("send the plan to Serve")
     names = [s.app_name for s in config.sections]
     gone = [c.app for c in changes if c.action == "remove"]
     old = status.replica_ids(before)
-    # Routers too: a new weight or sticky header is live once every router replica has it.
+    # In-place updates too: a new weight or sticky header is live once every replica of the owner has it.
     waited = [c.app for c in changes if c.action != "remove"]
     details = wait(cluster, waited, gone, config.serve.deploy_timeout_s, old)
     phases.mark("wait until the new replicas serve")
@@ -228,36 +227,6 @@ def apply(
         outcome.details = wait(cluster, restore, [], config.serve.deploy_timeout_s)
         outcome.rolled_back = restore
     return outcome
-
-
-def _start_new_routers_beside(
-    cluster: Cluster, desired: Mapping[str, Any], previous: Mapping[str, Mapping[str, Any]], timeout_s: float
-) -> None:
-    """A router that takes over a route already served (a new canary or mirror) first starts on
-    a side path while the section keeps the route; the switch is then one in-place update, so
-    no request meets a route that nobody serves."""
-    served = {app.get("route_prefix"): name for name, app in previous.items() if traffic.ROUTER_PREFIX not in name}
-    new = {
-        app["name"]: app["route_prefix"]
-        for app in desired["applications"]
-        if traffic.ROUTER_PREFIX in app["name"] and app["route_prefix"] in served
-    }
-    if not new:
-        return
-    moving = set(new.values())
-    apps = []
-    for app in desired["applications"]:
-        if app["name"] in new:
-            app = {**app, "route_prefix": f"/{SIDE_PATH}{app['route_prefix']}"}
-        elif app["route_prefix"] is None and (previous.get(app["name"]) or {}).get("route_prefix") in moving:
-            app = {**app, "route_prefix": previous[app["name"]]["route_prefix"]}  # keeps serving its route
-        apps.append(app)
-    cluster.apply({**desired, "applications": apps})
-    wait(cluster, list(new), [], timeout_s)
-
-
-#: Where a new router starts before it takes its route over.
-SIDE_PATH = "modelserve-starting"
 
 
 def _newly_routed(desired: Mapping[str, Any], previous: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -163,7 +163,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     cluster, base_url = _running(args)
     details = cluster.details()
     code = _report(status.rows(details, base_url, stage=args.stage), details=True)
-    if status.routers(details, args.stage):
+    if status.splits(details, args.stage):
         for line in status.traffic_lines(details, _mirrored(cluster), args.stage):
             print(line)
     return code
@@ -258,7 +258,7 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     config = _config(args)
     _, base_url = _running(args)
     documents, missing = [], []
-    routes = {spec.route: spec for spec in config.sections}  # a shared route is described once, by its router
+    routes = {spec.route: spec for spec in config.sections}  # a shared route is described once, by its owner
     for spec in routes.values():
         url = f"{base_url}/{spec.route}/openapi.json"
         try:

@@ -45,6 +45,7 @@ from modelserve.errors import (
 from modelserve.metrics import SectionMetrics
 from modelserve.modelcalls import ModelCalls
 from modelserve.replica_spec import ReplicaArgs, ReplicaConfig
+from modelserve.router import SECTION_HEADER, Router, payload_of
 from modelserve.warmup import run_warmup
 
 logger = logging.getLogger("ray.serve")
@@ -69,6 +70,8 @@ class ModelReplica:
         self._access_json = False
         self._batch_sizes: dict[str, int] = {}
         self._public_route = ""
+        self._router: Router | None = None  # set while this section owns a split route (router.py)
+        self._user_config: dict[str, Any] | None = None
         self._active = 0  # requests in this replica now (the in-flight gauge, set on each health check)
         self._headers = {REPLICA_HEADER: _replica_id()}
         self._methods = spec.methods
@@ -109,8 +112,15 @@ class ModelReplica:
             accesslog.open_in_replica_log()
         self._access_json = config.access_log_json
         self._infer_batched.set_max_batch_size(self._max_batch_size)
-        self._backend.reconfigure(dict(config.user))
-        self._calls.relearn()
+        if config.traffic:
+            self._router = self._router or Router(config.route.strip("/"))
+            self._router.reconfigure(config.traffic)
+        else:
+            self._router = None
+        if dict(config.user) != self._user_config:  # not again for a new weight or API key
+            self._user_config = dict(config.user)
+            self._backend.reconfigure(dict(config.user))
+            self._calls.relearn()
         if self._warmup is not None:
             warmup, self._warmup = self._warmup, None
             started = time.monotonic()
@@ -127,6 +137,23 @@ class ModelReplica:
         self._backend.check_health()
 
     async def __call__(self, request: Request) -> Response:
+        """A request to the route; a section that owns a split route (router.py) first picks who
+        answers it: itself, or another section, forwarded."""
+        router = self._router
+        if router is None or self._where(request)[1]:  # not split, or a probe
+            return await self._serve(request)
+        target = router.pick(request)
+        if target.section != self._section:
+            return await router.forward(target, request)
+        mirrored = router.mirrored(self._section) and self._within_limit(request)
+        body = await request.body() if mirrored else b""  # read once: the answer reads the cached body
+        response = await self._serve(request)
+        response.headers[SECTION_HEADER] = self._section
+        if mirrored:
+            router.copy(self._section, payload_of(request, body))
+        return response
+
+    async def _serve(self, request: Request) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         started = time.perf_counter()
         self._active += 1
@@ -143,9 +170,8 @@ class ModelReplica:
         return response
 
     async def handle_http(self, payload: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
-        """A request forwarded by a route's router (router.py), answered as over HTTP.
-
-        A streamed answer is collected whole: a route behind a router does not stream."""
+        """A request forwarded by the section that owns the route (router.py), or a mirrored copy,
+        answered as over HTTP. A streamed answer is collected whole: a forwarded share does not stream."""
         scope = {
             "type": "http",
             "http_version": "1.1",
@@ -164,7 +190,7 @@ class ModelReplica:
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": body, "more_body": False}
 
-        response = await self(Request(scope, receive))
+        response = await self._serve(Request(scope, receive))
         if isinstance(response, StreamingResponse):
             chunks = [chunk async for chunk in response.body_iterator]
             content = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
@@ -173,14 +199,27 @@ class ModelReplica:
         headers = [(k, v) for k, v in response.headers.items() if k.lower() != "content-length"]
         return response.status_code, headers, content
 
-    async def _answer(self, request: Request, request_id: str) -> tuple[Response, bool]:
+    async def handle_copies(self, payloads: list[dict[str, Any]]) -> list[int]:
+        """Mirrored copies (router.py), answered together; only their statuses go back."""
+        answers = await asyncio.gather(*(self.handle_http(payload) for payload in payloads))
+        return [status for status, _, _ in answers]
+
+    def _where(self, request: Request) -> tuple[str, str]:
+        """The route's root path, and the path under it (`""` for the model, `/ping`, ...)."""
         path = request.scope["path"]
         root = request.scope.get("root_path", "")
         public = self._public_route
         if not root and public and (path == public or path.startswith(public + "/")):
-            root = public  # reached directly for a moment while Ray moves the route to or from a router
+            root = public  # reached directly for a moment while Ray moves the route from one section to another
         sub = path[len(root) :] if root and path.startswith(root) else path
-        sub = sub.rstrip("/")
+        return root, sub.rstrip("/")
+
+    def _within_limit(self, request: Request) -> bool:
+        declared = request.headers.get("content-length", "")
+        return not declared.isdigit() or int(declared) <= self._max_body
+
+    async def _answer(self, request: Request, request_id: str) -> tuple[Response, bool]:
+        root, sub = self._where(request)
         try:
             if sub == "/ping":
                 return self._success("pong", request_id), False
@@ -188,7 +227,7 @@ class ModelReplica:
                 document = self._openapi_document(root)
                 return Response(document, media_type="application/json", headers=self._headers), False
             if sub:
-                verbs = " or ".join(self._methods)
+                verbs, path = " or ".join(self._methods), request.scope["path"]
                 raise NotFound(f"no such path {path!r}; {verbs} params to {root or '/'}, or GET {root}/ping")
             auth.require_key(request.headers, self._api_keys)
             if request.method not in self._methods:

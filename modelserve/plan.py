@@ -72,7 +72,7 @@ def replica_args(spec: SectionSpec, config: Config, model_digest: str) -> Replic
     )
 
 
-def replica_config(spec: SectionSpec, config: Config) -> ReplicaConfig:
+def replica_config(spec: SectionSpec, config: Config, split: Mapping[str, Any] | None = None) -> ReplicaConfig:
     key_file = config.api_keys_file(spec)
     return ReplicaConfig(
         user=dict(spec.user_config),
@@ -83,10 +83,11 @@ def replica_config(spec: SectionSpec, config: Config) -> ReplicaConfig:
         api_keys=auth.read_key_file(key_file) if key_file else (),
         access_log_json=config.serve.access_log == "json",
         route=f"/{spec.route}",
+        traffic=dict(split or {}),
     )
 
 
-def deployment_options(spec: SectionSpec, config: Config) -> dict[str, Any]:
+def deployment_options(spec: SectionSpec, config: Config, split: Mapping[str, Any] | None = None) -> dict[str, Any]:
     options: dict[str, Any] = {
         "name": spec.package,
         "max_ongoing_requests": spec.max_ongoing_requests,
@@ -94,7 +95,7 @@ def deployment_options(spec: SectionSpec, config: Config) -> dict[str, Any]:
         # Ray's replica answers a request beyond the queue itself, before our code runs: plain text, not
         # our envelope; this makes it a 503 that tells the client when to come back.
         "backpressure_config": {"status_code": 503, "retry_after_s": 1},
-        "user_config": replica_config(spec, config).to_json(),
+        "user_config": replica_config(spec, config, split).to_json(),
         "ray_actor_options": {"num_cpus": spec.cpu_cost, "num_gpus": spec.gpu_cost},
         "max_surge_percent": MAX_SURGE_PERCENT,
         # Serve's per-request access log is off unless `[MODEL SERVE] access_log = on`, as in
@@ -127,7 +128,10 @@ def package_env(spec: SectionSpec, artifacts: Artifacts) -> dict[str, Any]:
     return {}
 
 
-def application(spec: SectionSpec, config: Config, artifacts: Artifacts) -> dict[str, Any]:
+def application(
+    spec: SectionSpec, config: Config, artifacts: Artifacts, split: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The section's application; `split` is set on the owner of a shared or mirrored route."""
     env_vars = {
         "MODEL_ZOO": str(config.model_zoo),
         "MODEL_NAME": spec.app_name,
@@ -145,32 +149,50 @@ def application(spec: SectionSpec, config: Config, artifacts: Artifacts) -> dict
             **package_env(spec, artifacts),
         },
         "args": replica_args(spec, config, artifacts.model_digest[spec.section]).to_json(),
-        "deployments": [deployment_options(spec, config)],
+        "deployments": [deployment_options(spec, config, split)],
     }
 
 
-def deploy_config(config: Config, artifacts: Artifacts) -> dict[str, Any]:
+def deploy_config(config: Config, artifacts: Artifacts, owners: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The whole file as one `ServeDeploySchema` dict: applying it removes apps not in it.
 
-    With any section, it also holds `fallback`'s application (the 404 envelope for other paths),
-    and a router application per shared or mirrored route (`traffic`)."""
-    shared = traffic.routed(config.sections)
-    apps = [application(spec, config, artifacts) for spec in config.sections]
-    for app, spec in zip(apps, config.sections, strict=True):
-        if spec.route in shared:
-            app["route_prefix"] = None  # reached through the route's router
+    A shared or mirrored route is owned by one of its sections, whose replicas split it
+    (`traffic`); `owners` (`route_owners` of what runs) keeps a route with the section that
+    owns it now. With any section, it also holds `fallback`'s application (the 404 envelope)."""
+    owned: dict[str, dict[str, Any]] = {}
+    behind: set[str] = set()
+    forward = traffic.forward_url(config.serve.host, config.serve.port)
+    for group in traffic.routed(config.sections).values():
+        first = traffic.owner(group, owners or {})
+        owned[first.section] = traffic.split_config(group, config.sections, first, forward)
+        behind.update(s.section for s in group if s is not first)
+    apps = []
+    for spec in config.sections:
+        app = application(spec, config, artifacts, owned.get(spec.section))
+        if spec.section in behind:
+            app["route_prefix"] = traffic.side_route(spec)  # where the route's owner forwards its share
+        apps.append(app)
     modules = [artifacts.runtime_uri] if artifacts.runtime_uri else []
-    env = raycompat.replica_env()
-    for route, group in shared.items():
-        apps.append(traffic.router_application(route, group, config.sections, modules, raycompat.router_env()))
     if apps and not any(spec.stage for spec in config.sections):  # production's; stages share it
         routes = sorted({spec.route for spec in config.sections})
-        apps.append(fallback.application(routes, modules, env))
+        apps.append(fallback.application(routes, modules, raycompat.replica_env()))
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": config.serve.host, "port": config.serve.port},
         "applications": apps,
     }
+
+
+def route_owners(running: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """`{route: app name}` of the sections' applications that own a route now (`running_configs`)."""
+    return {
+        app["route_prefix"].strip("/"): name
+        for name, app in running.items()
+        if app.get("route_prefix") and not traffic.is_ours(name) and not app["route_prefix"].startswith(SIDE_PREFIX)
+    }
+
+
+SIDE_PREFIX = f"/{traffic.SIDE}/"
 
 
 def schema_problems(desired: Mapping[str, Any]) -> list[str]:

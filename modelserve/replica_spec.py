@@ -55,11 +55,16 @@ class ReplicaConfig:
     api_keys: tuple[str, ...] = ()
     #: One JSON line per request in the replica's log.
     access_log_json: bool = False
-    #: The section's public route (`/extract`): known even when Ray routes it to a router instead.
+    #: The section's public route (`/extract`): known even when another section owns it (a split).
     route: str = ""
+    #: Set on the section that owns a shared or mirrored route: its split (`traffic.split_config`).
+    traffic: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "user": dict(self.user), "api_keys": list(self.api_keys)}
+        data = {**asdict(self), "user": dict(self.user), "api_keys": list(self.api_keys)}
+        if not self.traffic:
+            del data["traffic"]  # a section that owns no split: its user_config as before
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ReplicaConfig:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from modelserve.stages import stage_of
-from modelserve.traffic import ROUTER_PREFIX, is_ours
+from modelserve.traffic import is_ours
 
 HEALTHY = "HEALTHY"
 PACKAGE = "algopkg."
@@ -106,11 +106,11 @@ def app_row(name: str, app: Mapping[str, Any], base_url: str) -> Row:
 
 def rows(details: Mapping[str, Any], base_url: str, only: Iterable[str] | None = None, stage: str = "") -> list[Row]:
     apps = details.get("applications") or {}
-    if only is None:  # the stage's sections; not our routers and 404 app
+    if only is None:  # the stage's sections; not our 404 app
         only = sorted(a for a in apps if not is_ours(a) and stage_of(a) == stage)
     names = list(only)
     behind = {
-        t["section"]: route for route, config in routers(details, stage).items() for t in config.get("targets", [])
+        t["section"]: route for route, config in splits(details, stage).items() for t in config.get("targets", [])
     }
     result = []
     for name in names:
@@ -119,27 +119,31 @@ def rows(details: Mapping[str, Any], base_url: str, only: Iterable[str] | None =
             result.append(Row(section=f"{PACKAGE}{name}", url="", ready=0, target=0, status="MISSING"))
         else:
             row = app_row(name, app, base_url)
-            if row.section in behind:  # served through its route's router
+            if row.section in behind:  # served through its route's owner
                 row = replace(row, url=f"{base_url}{behind[row.section]}")
             result.append(row)
     return result
 
 
-def routers(details: Mapping[str, Any], stage: str = "") -> dict[str, dict[str, Any]]:
-    """`{"/route": the router's user_config}` of every shared or mirrored route of the stage."""
+def splits(details: Mapping[str, Any], stage: str = "") -> dict[str, dict[str, Any]]:
+    """`{"/route": its split}` of every shared or mirrored route of the stage: the `traffic` part
+    of the user_config of the section that owns the route (traffic.py)."""
     found = {}
     for name, app in (details.get("applications") or {}).items():
         config = app.get("deployed_app_config") or {}
-        if name.removeprefix(f"{stage}.").startswith(ROUTER_PREFIX) and stage_of(name) == stage:
-            (deployment,) = config.get("deployments") or [{}]
-            found[config.get("route_prefix") or ""] = deployment.get("user_config") or {}
+        if is_ours(name) or stage_of(name) != stage:
+            continue
+        for deployment in config.get("deployments") or []:
+            split = (deployment.get("user_config") or {}).get("traffic")
+            if split and config.get("route_prefix"):
+                found[config["route_prefix"]] = split
     return found
 
 
 def traffic_lines(details: Mapping[str, Any], mirrored: Mapping[tuple[str, str], float], stage: str = "") -> list[str]:
     """One line per shared route (its split) and per mirror (its counts, `{(section, outcome): n}`)."""
     lines = []
-    for route, config in sorted(routers(details, stage).items()):
+    for route, config in sorted(splits(details, stage).items()):
         split = ", ".join(f"{t['section']} {t['weight']}%" for t in config.get("targets", []))
         sticky = f" (sticky by header {config['sticky']})" if config.get("sticky") else ""
         lines.append(f"{route}: {split}{sticky}")

@@ -1,41 +1,34 @@
-"""Routes shared by sections (canary split) and mirrored sections: the router applications.
+"""Routes shared by sections (canary split) and mirrored sections. Pure: no cluster.
 
-Ray Serve routes one path to one application and has no traffic split or mirroring, so a
-route whose sections set `traffic`, or whose section another mirrors, is served by a small
-router application of ours (`router.py`) at that route; the sections behind it run as
-applications without a route, reached through Ray's deployment handles. Weights, stickiness
-and mirrors are the router's `user_config`: changing them is an update in place. Pure: no cluster.
+Ray Serve routes one path to one application and has no traffic split or mirroring. So one
+section of a shared or mirrored route owns it (Ray routes the path to it, straight from the
+ingress), and its replicas split the requests (`router.py`): their own share answered with no
+extra hop, the other sections' forwarded over HTTP through the node's ingress to a side route
+of theirs (`/modelserve-split/<route>/<app>`), copies sent to mirrors through Ray's deployment
+handles. Weights, stickiness and mirrors are the owner's `user_config`: changing them is an
+update in place.
+
+The owner is the section that owns the route now, while it stays in the route; else the one
+with the largest share (the first in the file on a tie). So shifting weights never moves the
+route: only removing its owner does (the last step of a promotion).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from modelserve.settings import PACKAGE_PREFIX, SectionSpec
 
-#: Router applications are named `modelserve-route.<route, / as :>` (no section can be).
-ROUTER_PREFIX = "modelserve-route."
-ROUTER_DEPLOYMENT = "Router"
-#: Routers hold no CPU and scale with their route's load; two at least, so a router that
-#: restarts never takes the route down.
-ROUTER_SCALING = {
-    "min_replicas": 2,
-    "max_replicas": 8,
-    "target_ongoing_requests": 32,
-    "upscale_delay_s": 5,
-    "downscale_delay_s": 60,
-}
-
-
-def router_app_name(route: str, stage: str = "") -> str:
-    name = ROUTER_PREFIX + route.replace("/", ":")
-    return f"{stage}.{name}" if stage else name
+#: Applications modelserve adds beside the sections (the 404 answer) are named `modelserve-...`.
+OURS_PREFIX = "modelserve-"
+#: Where a section of a shared route that does not own it is reached: `/<SIDE>/<route>/<app>`.
+SIDE = "modelserve-split"
 
 
 def is_ours(app_name: str) -> bool:
-    """Applications modelserve adds beside the sections (routers, the 404 answer), on any stage."""
-    return app_name.startswith("modelserve-") or app_name.partition(".")[2].startswith("modelserve-")
+    """Applications modelserve adds beside the sections (the 404 answer), on any stage."""
+    return app_name.startswith(OURS_PREFIX) or app_name.partition(".")[2].startswith(OURS_PREFIX)
 
 
 def mirror_target(spec: SectionSpec, sections: Sequence[SectionSpec]) -> SectionSpec | None:
@@ -47,7 +40,7 @@ def mirror_target(spec: SectionSpec, sections: Sequence[SectionSpec]) -> Section
 
 
 def routed(sections: Sequence[SectionSpec]) -> dict[str, list[SectionSpec]]:
-    """`{route: its sections}` for every route a router serves: shared, weighted or mirrored."""
+    """`{route: its sections}` for every route that is split: shared, weighted or mirrored."""
     mirrored = {t.section for s in sections if (t := mirror_target(s, sections)) is not None}
     groups: dict[str, list[SectionSpec]] = {}
     for spec in sections:
@@ -59,42 +52,51 @@ def routed(sections: Sequence[SectionSpec]) -> dict[str, list[SectionSpec]]:
     }
 
 
+def owner(group: Sequence[SectionSpec], owners: Mapping[str, str]) -> SectionSpec:
+    """The section whose replicas serve and split `group`'s route; `owners` is `{route: app name}`
+    of what owns each route on the cluster now."""
+    current = owners.get(group[0].route)
+    for spec in group:
+        if spec.app_name == current:
+            return spec
+    return max(group, key=lambda s: s.traffic if s.traffic is not None else 100)
+
+
+def side_route(spec: SectionSpec) -> str:
+    """The route of a section that shares a route it does not own: the owner forwards to it."""
+    return f"/{SIDE}/{spec.route}/{spec.app_name}"
+
+
+def forward_url(host: str, port: int) -> str:
+    """Where a replica reaches its node's ingress: loopback when the ingress listens on every interface."""
+    local = host in ("0.0.0.0", "::", "") or host.startswith("127.") or host == "localhost"
+    return f"http://{'127.0.0.1' if local else host}:{port}"
+
+
 def _target(spec: SectionSpec) -> dict[str, Any]:
     return {"app": spec.app_name, "deployment": spec.package, "section": spec.section}
 
 
-def router_config(group: Sequence[SectionSpec], sections: Sequence[SectionSpec]) -> dict[str, Any]:
-    """The router's `user_config`: weights (a lone section gets 100), stickiness, mirrors."""
-    targets = [{**_target(s), "weight": 100 if len(group) == 1 else (s.traffic or 0)} for s in group]
+def split_config(
+    group: Sequence[SectionSpec], sections: Sequence[SectionSpec], owner: SectionSpec, forward: str
+) -> dict[str, Any]:
+    """The owner's `traffic` user_config: weights (a lone section gets 100), where the others are
+    reached (`forward` + their side route), stickiness, mirrors."""
+    targets = [
+        {
+            **_target(s),
+            "weight": 100 if len(group) == 1 else (s.traffic or 0),
+            "path": "" if s is owner else side_route(s),
+        }
+        for s in group
+    ]
     mirrors: dict[str, list[dict[str, Any]]] = {}
     for spec in sections:
         primary = mirror_target(spec, sections)
         if primary is not None and primary in group:
             mirrors.setdefault(primary.section, []).append({**_target(spec), "percent": spec.mirror_percent})
     sticky = next((s.sticky for s in group if s.sticky), "")
-    return {"targets": targets, "sticky": sticky, "mirrors": mirrors}
-
-
-def router_application(
-    route: str, group: Sequence[SectionSpec], sections: Sequence[SectionSpec], modules: list[str], env: dict[str, str]
-) -> dict[str, Any]:
-    return {
-        "name": router_app_name(route, group[0].stage),
-        "route_prefix": f"/{route}",
-        "import_path": "modelserve.app:build_router",
-        "runtime_env": {"py_modules": modules, "env_vars": env},
-        "args": {"route": route},
-        "deployments": [
-            {
-                "name": ROUTER_DEPLOYMENT,
-                "autoscaling_config": dict(ROUTER_SCALING),
-                "max_ongoing_requests": 256,
-                "user_config": router_config(group, sections),
-                "ray_actor_options": {"num_cpus": 0},
-                "logging_config": {"enable_access_log": False},
-            }
-        ],
-    }
+    return {"targets": targets, "sticky": sticky, "mirrors": mirrors, "forward": forward}
 
 
 def problems(sections: Sequence[SectionSpec]) -> list[str]:

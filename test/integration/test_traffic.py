@@ -60,10 +60,8 @@ def sections(a: int | None = 90, b: int = 10, mirror: bool = True, sticky: str =
     if a is not None:
         canary.insert(0, echo("a", "canary", f"traffic = {a}", *extra))
     mirrors = [echo("badcopy", "badcopy", "mirror_of = Echo:p", BAD_MIRROR)] if mirror else []
-    # `traffic = 100` keeps /primary on its router whether or not it has a mirror: adding or removing the
-    # mirror is then an update in place. (A plain route that gets its first mirror moves to a router,
-    # and Ray may leave the route unserved for a moment while it moves: see the README.)
-    return (SCALED, ZERO, *canary, echo("p", "primary", "traffic = 100"), *mirrors)
+    # /primary is a plain route that its mirror comes and goes on; 2 replicas, so one can be killed.
+    return (SCALED, ZERO, *canary, echo("p", "primary", "replicas = 2"), *mirrors)
 
 
 def apply(conf_dir: Path, cluster: TestCluster, *sections_: str, args: tuple[str, ...] = ()) -> tuple[int, str]:
@@ -124,7 +122,7 @@ def test_the_split_over_2000_requests_is_within_3_points(conf: Path, cluster: Te
     code, out = controller_in_process("check", "-c", str(conf))
     assert code == 0 and out.count("/canary") == 1, out  # a shared route is listed once
     code, out = controller_in_process("openapi", "-c", str(conf))
-    assert code == 0 and '"/canary"' in out, out  # described once, through its router
+    assert code == 0 and '"/canary"' in out, out  # described once, by the section that owns it
 
 
 def test_sticky_keeps_each_user_on_one_section(conf: Path, project: Path, cluster: TestCluster) -> None:
@@ -144,8 +142,8 @@ def test_weight_changes_and_a_full_promotion_under_load(conf: Path, project: Pat
     before = pids(url)
     with Load(url, clients=CLIENTS) as load:
         code, out = apply(project, cluster, *sections(50, 50))
-        assert code == 0 and "update in place  modelserve-route.canary" in out, out
-        assert re.search(r"unchanged  Echo:a\n", out) and re.search(r"unchanged  Echo:b\n", out), out
+        assert code == 0 and "update in place  Echo:a" in out, out  # the owner of /canary: its split
+        assert re.search(r"unchanged  Echo:b\n", out), out
         time.sleep(1)
     assert_no_failure(load, "90/10 -> 50/50")
     counts = split(url, 400)
@@ -206,7 +204,7 @@ def test_removing_and_adding_a_mirror_under_load(conf: Path, project: Path, clus
         time.sleep(2)
         code, out = apply(project, cluster, *sections(None, 100))
         assert code == 0 and re.search(r"(new|roll out)  Echo:badcopy", out), out  # roll out: still being deleted
-        assert "update in place  modelserve-route.primary" in out, out
+        assert "update in place  Echo:p" in out, out  # the owner of /primary: its mirror
         time.sleep(2)
     assert_no_failure(load, "a mirror removed, then added again")
 
@@ -280,27 +278,27 @@ def replica_pids(cluster: TestCluster, app: str) -> list[int]:
     return [int(r["pid"]) for r in deployment.get("replicas") or [] if r.get("state") == "RUNNING" and r.get("pid")]
 
 
-def test_a_killed_router_replica_or_a_dead_mirror_leave_the_route_serving(conf: Path, cluster: TestCluster) -> None:
-    """Routers are two replicas at least: one SIGKILLed costs only what was in flight on it. A mirror
-    that is down costs the primary nothing."""
+def test_a_killed_owner_replica_or_a_dead_mirror_leave_the_route_serving(conf: Path, cluster: TestCluster) -> None:
+    """/primary's split (its mirror) runs in its own 2 replicas: one SIGKILLed costs only what was in
+    flight on it. A mirror that is down costs the primary nothing."""
     url = f"{cluster.base_url}/primary"
-    routers = replica_pids(cluster, "modelserve-route.primary")
+    owners = replica_pids(cluster, "Echo:p")
     (mirror,) = replica_pids(cluster, "Echo:badcopy")
-    assert len(routers) >= 2, routers
+    assert len(owners) == 2, owners
     with Load(url, clients=CLIENTS) as load:
         time.sleep(2)
         killed_at = time.monotonic()
         os.kill(mirror, signal.SIGKILL)  # the mirror is down until Ray replaces it
         time.sleep(3)
-        os.kill(routers[0], signal.SIGKILL)
-        wait_for(lambda: routers[0] not in replica_pids(cluster, "modelserve-route.primary"), 60, "a new router")
+        os.kill(owners[0], signal.SIGKILL)
+        wait_for(lambda: owners[0] not in replica_pids(cluster, "Echo:p"), 60, "a new replica of Echo:p")
         time.sleep(3)
     failed = [(round(t - killed_at, 1), status) for t, status, _ in load.failures]
     print(
-        f"{len(load.results)} requests under {CLIENTS} connections; a mirror killed at 0 s, a router at 3 s: "
+        f"{len(load.results)} requests under {CLIENTS} connections; a mirror killed at 0 s, an owner replica at 3 s: "
         f"{len(failed)} failed {failed[:10]}"
     )
     assert all(t >= 3 for t, _ in failed), failed  # nothing failed while only the mirror was down
-    assert len(failed) <= 2 * CLIENTS, failed  # at most what was in flight on the router, and its retries
+    assert len(failed) <= 2 * CLIENTS, failed  # at most what was in flight on the killed replica, and its retries
     recent = [status for t, status in load.results if t > time.monotonic() - 2]
     assert recent and set(recent) == {200}

@@ -188,3 +188,65 @@ def test_an_unbatched_backend_gets_concurrent_requests_in_one_hand_off_each_answ
     assert answers[3][0] == 500 and answers[3][1]["error"]["message"].startswith("the model failed on this request")
     assert [a[1]["result"]["params"]["i"] for i, a in enumerate(answers) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
     assert hand_offs[0] == 1 and sum(hand_offs) == 8 and len(hand_offs) <= 3  # the first went alone, at once
+
+
+def test_the_owner_of_a_split_route_answers_its_share_forwards_the_rest_and_copies_to_mirrors(
+    replica: ModelReplica, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """router.py inside the replica, with Ray's deployment handles replaced by direct calls."""
+    model_zoo = str(tmp_path / "Model_ZOO")
+    others = {
+        name: ModelReplica(ReplicaArgs(f"algopkg.{name}", "Echo", "Echo", model_zoo, ("echo_model.txt",), ("POST",)))
+        for name in ("Echo:b", "Echo:copy")
+    }
+    copies: list[dict[str, Any]] = []
+    for name, other in others.items():
+        other.reconfigure(ReplicaConfig({"who": name}, route="/echo").to_json())
+
+    def handle(target: Any) -> Any:
+        async def remote(payload: dict[str, Any]) -> Any:
+            if target.app == "Echo:down":
+                raise RuntimeError("no replica")
+            return await others[target.app].handle_http(payload)
+
+        async def send_copies(payloads: list[dict[str, Any]]) -> list[int]:
+            copies.extend(payloads)
+            return await others[target.app].handle_copies(payloads)
+
+        return SimpleNamespace(
+            handle_http=SimpleNamespace(remote=remote), handle_copies=SimpleNamespace(remote=send_copies)
+        )
+
+    monkeypatch.setattr("modelserve.router.Router._handle", lambda self, target: handle(target))
+    monkeypatch.setattr("modelserve.router.COPY_WINDOW_S", 0.0)  # the loop runs only while a request does
+    reconfigured = []
+    monkeypatch.setattr(replica._backend, "reconfigure", reconfigured.append)
+
+    def target(app: str, weight: int) -> dict[str, Any]:
+        return {"app": app, "deployment": "Echo", "section": f"algopkg.{app}", "weight": weight}
+
+    def split(a: int, b: int, down: bool = False) -> None:
+        second = target("Echo:down" if down else "Echo:b", b)
+        mirror = {"app": "Echo:copy", "deployment": "Echo", "section": "algopkg.Echo:copy", "percent": 100}
+        traffic = {"targets": [target("Echo", a), second], "sticky": "", "mirrors": {"algopkg.Echo": [mirror]}}
+        replica.reconfigure(ReplicaConfig({"threshold": 0.5}, route="/echo", traffic=traffic).to_json())
+
+    split(70, 30)
+    assert reconfigured == []  # a new split is no new user_config: the backend is not reconfigured
+    served: dict[str, int] = {}
+    for i in range(400):
+        status, body, headers = answer(replica, request("POST", "/echo", json.dumps({"i": i}).encode()))
+        assert status == 200 and body["result"]["params"] == {"i": i}, body
+        served[headers["x-modelserve-section"]] = served.get(headers["x-modelserve-section"], 0) + 1
+        expected = {"who": "Echo:b"} if headers["x-modelserve-section"] == "algopkg.Echo:b" else {"threshold": 0.5}
+        assert body["result"]["config"] == expected
+    LOOP.run(asyncio.sleep(0.3))  # the copies go out in the background, a batch every 50 ms
+    assert abs(served["algopkg.Echo"] - 280) <= 40, served
+    assert len(copies) == served["algopkg.Echo"]  # only the mirrored section's answers are copied
+    assert {json.loads(c["body"])["i"] for c in copies} <= set(range(400))
+    status, body, headers = answer(replica, request("GET", "/echo/ping"))
+    assert body["result"] == "pong" and "x-modelserve-section" not in headers  # a probe is the owner's own
+    split(0, 100, down=True)
+    status, body, headers = answer(replica, request("POST", "/echo", b"{}"))
+    assert status == 503 and headers["x-modelserve-section"] == "algopkg.Echo:down", body
+    assert "could not answer" in body["error"]["message"] and "Traceback" not in json.dumps(body)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from helpers import make_project, write_conf
 
-from modelserve import auth, plan
+from modelserve import auth, plan, traffic
 from modelserve.config import load_config
 from modelserve.keys import IN_PLACE, ROLL_OUT, Replicas
 from modelserve.replica_spec import ReplicaArgs, ReplicaConfig
@@ -159,7 +159,7 @@ def test_the_apply_table_says_what_each_key_declares(config: Config, name: str) 
     running = running_copy(plan.deploy_config(config, artifacts()))
     desired = plan.deploy_config(replace(config, sections=(changed,)), artifacts())
     assert key.change in (ROLL_OUT, IN_PLACE)
-    if name in ("traffic", "sticky", "mirror_of", "mirror_percent"):  # the route's router changes, not the replicas
+    if name in ("traffic", "sticky", "mirror_of", "mirror_percent"):  # the route owner's split changes in place
         assert all(c.action in ("unchanged", IN_PLACE, "new") for c in plan.diff(desired, running))
         return
     assert plan.diff(desired, running) == [plan.Change("Echo", key.change)]
@@ -208,7 +208,7 @@ def test_a_replica_range_turns_on_rays_autoscaling_in_place(config: Config) -> N
     assert plan.diff(fixed, running_copy(scaled)) == [plan.Change("Echo", "update in place")]
 
 
-def test_a_shared_route_gets_a_router_and_weights_change_in_place(config: Config) -> None:
+def test_a_shared_route_is_split_by_its_owner_and_weights_change_in_place(config: Config) -> None:
     echo = config.sections[0]
     v2 = replace(echo, section="algopkg.Echo:v2", traffic=10)
     shadow = replace(echo, section="algopkg.Echo:shadow", route="shadow", mirror_of="Echo", mirror_percent=50)
@@ -217,17 +217,23 @@ def test_a_shared_route_gets_a_router_and_weights_change_in_place(config: Config
     three = plan.Artifacts({"Echo": "gcs://_ray_pkg_a.zip"}, digests, {"Echo": ("numpy",)}, "gcs://rt.zip")
     desired = plan.deploy_config(split, three)
     apps = {a["name"]: a for a in desired["applications"]}
-    assert set(apps) == {"Echo", "Echo:v2", "Echo:shadow", "modelserve-route.echo", "modelserve-404"}
-    assert apps["Echo"]["route_prefix"] is None and apps["Echo:v2"]["route_prefix"] is None
+    assert set(apps) == {"Echo", "Echo:v2", "Echo:shadow", "modelserve-404"}  # no process between
+    assert apps["Echo"]["route_prefix"] == "/echo"
+    assert apps["Echo:v2"]["route_prefix"] == "/modelserve-split/echo/Echo:v2"  # where the owner forwards
     assert apps["Echo:shadow"]["route_prefix"] == "/shadow"
-    router = apps["modelserve-route.echo"]
-    assert router["route_prefix"] == "/echo" and router["import_path"] == "modelserve.app:build_router"
-    (deployment,) = router["deployments"]
-    assert deployment["ray_actor_options"] == {"num_cpus": 0} and deployment["autoscaling_config"]["min_replicas"] == 2
-    assert deployment["user_config"] == {
+    assert "traffic" not in apps["Echo:v2"]["deployments"][0]["user_config"]
+    assert "traffic" not in apps["Echo:shadow"]["deployments"][0]["user_config"]
+    (deployment,) = apps["Echo"]["deployments"]
+    assert deployment["user_config"]["traffic"] == {
         "targets": [
-            {"app": "Echo", "deployment": "Echo", "section": "algopkg.Echo", "weight": 90},
-            {"app": "Echo:v2", "deployment": "Echo", "section": "algopkg.Echo:v2", "weight": 10},
+            {"app": "Echo", "deployment": "Echo", "section": "algopkg.Echo", "weight": 90, "path": ""},
+            {
+                "app": "Echo:v2",
+                "deployment": "Echo",
+                "section": "algopkg.Echo:v2",
+                "weight": 10,
+                "path": "/modelserve-split/echo/Echo:v2",
+            },
         ],
         "sticky": "",
         "mirrors": {
@@ -235,16 +241,40 @@ def test_a_shared_route_gets_a_router_and_weights_change_in_place(config: Config
                 {"app": "Echo:shadow", "deployment": "Echo", "section": "algopkg.Echo:shadow", "percent": 50}
             ]
         },
+        "forward": f"http://127.0.0.1:{config.serve.port}",
     }
     assert plan.schema_problems(desired) == []
-    shifted = replace(split, sections=(replace(echo, traffic=50), replace(v2, traffic=50), shadow))
-    changes = plan.diff(plan.deploy_config(shifted, three), running_copy(desired))
-    assert changes == [
-        plan.Change("Echo", "unchanged"),
-        plan.Change("Echo:v2", "unchanged"),
-        plan.Change("Echo:shadow", "unchanged"),
-        plan.Change("modelserve-route.echo", "update in place"),
-    ]
+    running = running_copy(desired)
+    assert plan.route_owners(running) == {"echo": "Echo", "shadow": "Echo:shadow"}  # not the side routes
+    for a, b in ((50, 50), (0, 100)):  # the route stays with its owner: the weights move in place
+        shifted = replace(split, sections=(replace(echo, traffic=a), replace(v2, traffic=b), shadow))
+        after = plan.deploy_config(shifted, three, plan.route_owners(running))
+        assert plan.diff(after, running) == [
+            plan.Change("Echo", "update in place"),
+            plan.Change("Echo:v2", "unchanged"),
+            plan.Change("Echo:shadow", "unchanged"),
+        ]
+    promoted = plan.deploy_config(replace(split, sections=(replace(v2, traffic=100), shadow)), three)
+    apps = {a["name"]: a for a in promoted["applications"]}
+    assert apps["Echo:v2"]["route_prefix"] == "/echo" and "traffic" in apps["Echo:v2"]["deployments"][0]["user_config"]
+
+
+def test_the_owner_of_a_route_is_the_one_that_has_it_else_the_largest_share(config: Config) -> None:
+    echo = config.sections[0]
+    a, b = replace(echo, traffic=40), replace(echo, section="algopkg.Echo:b", traffic=60)
+    assert traffic.owner([a, b], {}) is b
+    assert traffic.owner([a, replace(b, traffic=40)], {}) is a  # a tie: the first in the file
+    assert traffic.owner([a, b], {"echo": "Echo"}) is a  # it owns the route now
+    assert traffic.owner([a, b], {"echo": "Echo:gone"}) is b
+    running = {
+        "Echo": {"route_prefix": "/echo"},
+        "Echo:b": {"route_prefix": None},
+        "modelserve-404": {"route_prefix": "/"},
+    }
+    assert plan.route_owners(running) == {"echo": "Echo"}
+    assert traffic.forward_url("0.0.0.0", 8000) == "http://127.0.0.1:8000"
+    assert traffic.forward_url("127.0.0.1", 8000) == "http://127.0.0.1:8000"
+    assert traffic.forward_url("10.1.2.3", 8000) == "http://10.1.2.3:8000"  # the ingress listens there only
 
 
 def test_unchanged_covers_every_app_the_404_one_included(config: Config) -> None:

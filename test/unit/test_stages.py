@@ -21,10 +21,10 @@ def test_a_stage_serves_under_its_name_with_one_replica_each(tmp_path: Path) -> 
     assert (spec.app_name, spec.route, str(spec.replicas)) == ("grey.Echo", "grey/echo", "1")
     artifacts = plan.Artifacts({"Echo": "gcs://p.zip"}, {"algopkg.Echo": "d"}, {}, "gcs://rt.zip")
     apps = {a["name"]: a for a in plan.deploy_config(grey, artifacts)["applications"]}
-    assert set(apps) == {"grey.Echo", "grey.modelserve-route.grey:echo"}  # no 404 app: production's serves
-    assert apps["grey.modelserve-route.grey:echo"]["route_prefix"] == "/grey/echo"
-    (router,) = apps["grey.modelserve-route.grey:echo"]["deployments"]
-    assert router["user_config"]["targets"][0]["app"] == "grey.Echo"
+    assert set(apps) == {"grey.Echo"}  # no 404 app: production's serves
+    assert apps["grey.Echo"]["route_prefix"] == "/grey/echo"
+    (deployment,) = apps["grey.Echo"]["deployments"]
+    assert deployment["user_config"]["traffic"]["targets"][0]["app"] == "grey.Echo"
     assert apps["grey.Echo"]["deployments"][0]["num_replicas"] == 1
     assert stages.staged(config, "") is config
 
@@ -34,9 +34,9 @@ def test_which_stage_an_application_belongs_to() -> None:
         ("Echo", ""),
         ("Echo:v2", ""),
         ("modelserve-404", ""),
-        ("modelserve-route.a:b", ""),
+        ("modelserve-404", ""),
         ("grey.Echo", "grey"),
-        ("grey.modelserve-route.grey:echo", "grey"),
+        ("grey.Echo:v2", "grey"),
     ]:
         assert stages.stage_of(name) == stage, name
     running = {"Echo": {"name": "Echo"}, "grey.Echo": {"name": "grey.Echo"}, "modelserve-404": {}}

@@ -113,3 +113,32 @@ def test_an_app_serving_while_replaced_replicas_drain_counts_as_healthy_for_the_
     assert not status.app_healthy(rolling({"a": "STOPPING", "c": "STARTING"}))
     assert not status.app_healthy(rolling({"a": "STOPPING"}))
     assert status.app_healthy(app("RUNNING", "HEALTHY", ["RUNNING"], 1))
+
+
+def test_a_split_is_read_from_the_section_that_owns_the_route() -> None:
+    targets = [
+        {"app": "Echo", "deployment": "Echo", "section": "algopkg.Echo", "weight": 90},
+        {"app": "Echo:v2", "deployment": "Echo", "section": "algopkg.Echo:v2", "weight": 10},
+    ]
+    mirror = {"app": "Echo:copy", "deployment": "Echo", "section": "algopkg.Echo:copy", "percent": 50}
+    split = {"targets": targets, "sticky": "x-user", "mirrors": {"algopkg.Echo": [mirror]}}
+    owner = app("RUNNING", "HEALTHY", ["RUNNING"], 1)
+    owner["deployed_app_config"] = {
+        "args": {"section": "algopkg.Echo"},
+        "route_prefix": "/echo",
+        "deployments": [{"name": "Echo", "user_config": {"user": {}, "traffic": split}}],
+    }
+    behind = {**app("RUNNING", "HEALTHY", ["RUNNING"], 1), "route_prefix": None}
+    behind["deployed_app_config"] = {"args": {"section": "algopkg.Echo:v2"}, "route_prefix": None}
+    details = {"applications": {"Echo": owner, "Echo:v2": behind, "grey.Echo": owner}}
+    assert status.splits(details) == {"/echo": split}
+    rows = status.rows(details, "http://h:1")
+    assert [(r.section, r.url) for r in rows] == [
+        ("algopkg.Echo", "http://h:1/echo"),
+        ("algopkg.Echo:v2", "http://h:1/echo"),
+    ]
+    counts = {("algopkg.Echo:copy", "sent"): 7.0, ("algopkg.Echo:copy", "dropped"): 1.0}
+    assert status.traffic_lines(details, counts) == [
+        "/echo: algopkg.Echo 90%, algopkg.Echo:v2 10% (sticky by header x-user)",
+        "  mirror algopkg.Echo:copy <- algopkg.Echo (50%): sent 7, failed 0, dropped 1",
+    ]
