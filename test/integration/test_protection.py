@@ -165,10 +165,19 @@ def test_metrics_count_every_request_by_status(deployed: Path, cluster: TestClus
     assert targets, out
     url = f"{cluster.base_url}/team"
     section = {"section": "algopkg.Echo:team"}
-    before = scrape(targets)
-    counts = {
-        code: sample(before, "ray_modelserve_requests_total", code=code, **section) for code in ("200", "400", "401")
-    }
+
+    def team_counts() -> dict[str, float]:
+        text = scrape(targets)
+        return {c: sample(text, "ray_modelserve_requests_total", code=c, **section) for c in ("200", "400", "401")}
+
+    # Earlier tests' requests to /team may still be on their way to the exporter: start from counts
+    # that stay put over two scrapes 3 s apart (Ray exports every few seconds).
+    counts, settled_since = team_counts(), time.monotonic()
+    started = settled_since
+    while time.monotonic() - settled_since < 3 and time.monotonic() - started < 30:
+        time.sleep(1)
+        if (now := team_counts()) != counts:
+            counts, settled_since = now, time.monotonic()
     for i in range(30):
         assert post(url, {"i": i}, key=TEAM_KEY).status == 200
     for _ in range(5):
@@ -176,12 +185,18 @@ def test_metrics_count_every_request_by_status(deployed: Path, cluster: TestClus
     for _ in range(3):
         assert post(url).status == 401
 
+    seen: list[dict[str, float]] = []
+
     def counted() -> str | None:
         text = scrape(targets)
         now = {c: sample(text, "ray_modelserve_requests_total", code=c, **section) - counts[c] for c in counts}
+        seen.append(now)
         return text if now == {"200": 30, "400": 5, "401": 3} else None
 
-    text = wait_for(counted, 40, "the exporter to count 30 x 200, 5 x 400 and 3 x 401")
+    try:
+        text = wait_for(counted, 40, "the exporter to count 30 x 200, 5 x 400 and 3 x 401")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the last counts: {seen[-3:]}") from None
     print({c: sample(text, "ray_modelserve_requests_total", code=c, **section) for c in counts})
     assert sample(text, "ray_modelserve_request_latency_ms_count", **section) >= 38
     assert sample(text, "ray_modelserve_request_latency_ms_bucket", le="+Inf", **section) >= 38
