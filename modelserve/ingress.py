@@ -91,7 +91,10 @@ class ModelReplica:
         # One batch queue per replica (a decorated method would share one queue per class). Ray's
         # `serve.batch` is untyped; its wrapper adds set_max_batch_size and set_batch_wait_timeout_s.
         self._infer_batched: Any = cast(Any, serve.batch)(max_batch_size=1, batch_wait_timeout_s=0.0)(self._infer_batch)
-        self._metrics.load_seconds.set(time.monotonic() - started, {"phase": "load"})
+        #: Seconds the model took to load and warm up: set again on every health check, as Ray's
+        #: exporter may drop a gauge that is set once (seen in the tests: the series went missing).
+        self._load_seconds = {"load": time.monotonic() - started}
+        self._metrics.load_seconds.set(self._load_seconds["load"], {"phase": "load"})
         self._warmup: Path | None = None
         if spec.warmup:
             package_dir = Path(importlib.import_module(f"algopkg.{spec.package}").__path__[0])
@@ -125,12 +128,15 @@ class ModelReplica:
             warmup, self._warmup = self._warmup, None
             started = time.monotonic()
             run_warmup(self._backend, warmup)
-            self._metrics.load_seconds.set(time.monotonic() - started, {"phase": "warmup"})
+            self._load_seconds["warmup"] = time.monotonic() - started
+            self._metrics.load_seconds.set(self._load_seconds["warmup"], {"phase": "warmup"})
 
     def check_health(self) -> None:
         """Unhealthy (Ray replaces the replica) once one model call has run far past `timeout_s`:
         its requests have all been answered 504, and a stuck model thread would hold every later one."""
         self._metrics.in_flight.set(self._active)
+        for phase, seconds in self._load_seconds.items():
+            self._metrics.load_seconds.set(seconds, {"phase": phase})
         stuck_after = 3 * self._timeout_s + 10
         if self._calls.busy_for() > stuck_after:
             raise RuntimeError(f"one model call has run for over {stuck_after:g} s (3 x timeout_s + 10); restarting")

@@ -170,8 +170,14 @@ def test_metrics_count_every_request_by_status(deployed: Path, cluster: TestClus
         text = scrape(targets)
         return {c: sample(text, "ray_modelserve_requests_total", code=c, **section) for c in ("200", "400", "401")}
 
-    # Earlier tests' requests to /team may still be on their way to the exporter: start from counts
-    # that stay put over two scrapes 3 s apart (Ray exports every few seconds).
+    # Earlier tests' requests to /team can reach the exporter only with later ones (seen in CI: the
+    # counts grew by those too). So first send one of each, wait until the exporter has them, and
+    # start from counts that then stay put for 3 s.
+    initial = team_counts()
+    assert post(url, {"i": -1}, key=TEAM_KEY).status == 200
+    assert post(url, {"bad": True}, key=TEAM_KEY).status == 400
+    assert post(url).status == 401
+    wait_for(lambda: all(team_counts()[c] > initial[c] for c in initial), 40, "the exporter to count the first three")
     counts, settled_since = team_counts(), time.monotonic()
     started = settled_since
     while time.monotonic() - settled_since < 3 and time.monotonic() - started < 30:
@@ -201,7 +207,13 @@ def test_metrics_count_every_request_by_status(deployed: Path, cluster: TestClus
     assert sample(text, "ray_modelserve_request_latency_ms_count", **section) >= 38
     assert sample(text, "ray_modelserve_request_latency_ms_bucket", le="+Inf", **section) >= 38
     assert sample(text, "ray_modelserve_rejected_total", reason="unauthorized", **section) >= 3
-    assert sample(text, "ray_modelserve_load_seconds", phase="load", **section) > 0
+    # A gauge set once may be dropped by Ray's exporter; the replica sets it again on each health check.
+    loaded = wait_for(
+        lambda: (t := scrape(targets)) and sample(t, "ray_modelserve_load_seconds", phase="load", **section) > 0 and t,
+        40,
+        "the exporter to show the load time",
+    )
+    assert 'phase="load"' in loaded
     assert 'application="Echo:team"' in text  # Ray's own tags come along
 
 
