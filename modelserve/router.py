@@ -43,6 +43,7 @@ SECTION_HEADER = "x-modelserve-section"
 MIRROR_LIMIT = 256  # copies queued or unanswered, per mirror and replica: 5 windows at 1,000 requests/s
 MIRROR_BYTES = 64 * 1024 * 1024  # and their bodies
 COPY_WINDOW_S = 0.05
+COPY_BATCH = 8  # copies per call at most: a slow mirror's outcomes come back (and are counted) sooner
 #: Mirrored copies, by mirror `section` and `outcome`: sent, failed (an error or a 5xx), dropped.
 MIRRORED = "modelserve_mirrored"
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "host", "date", "server"}
@@ -176,9 +177,11 @@ class Router:
                 await asyncio.sleep(COPY_WINDOW_S)
                 queued, self._queued = self._queued, {}
                 for mirror, payloads in queued.values():
-                    task = asyncio.get_running_loop().create_task(self._send_copies(mirror, payloads))
-                    self._background.add(task)
-                    task.add_done_callback(self._background.discard)
+                    for start in range(0, len(payloads), COPY_BATCH):
+                        chunk = payloads[start : start + COPY_BATCH]
+                        task = asyncio.get_running_loop().create_task(self._send_copies(mirror, chunk))
+                        self._background.add(task)
+                        task.add_done_callback(self._background.discard)
                 counts, self._counts = self._counts, {}
                 for (section, outcome), n in counts.items():
                     self._mirrored.inc(n, {"section": section, "outcome": outcome})
