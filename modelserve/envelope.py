@@ -52,8 +52,8 @@ class RawResponse:
 def _to_json(value: Any) -> Any:
     if hasattr(value, "tolist"):  # numpy arrays and scalars
         return value.tolist()
-    if hasattr(value, "model_dump"):  # pydantic models
-        return value.model_dump(mode="json")
+    if hasattr(value, "model_dump"):  # pydantic models, by alias (as FastAPI answers them)
+        return value.model_dump(mode="json", by_alias=True)
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
     if isinstance(value, (bytes, bytearray, memoryview)):

@@ -2,7 +2,9 @@
 
 A section's backend may declare `Params` and `Result` (pydantic models); their JSON schemas,
 `$defs` included, go under `components/schemas` with names prefixed by the section, so the
-documents of several sections merge without clashes.
+documents of several sections merge without clashes. Field names are aliases, as requests are
+validated and results answered by alias. A route that needs an API key says so
+(`components/securitySchemes`: a bearer token or the `x-api-key` header) and lists its 401.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import re
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode
 
 OPENAPI_VERSION = "3.1.0"
 _COMPONENTS = "#/components/schemas/"
@@ -22,6 +25,17 @@ _ERRORS = {
     "405": "MethodNotAllowed: the section does not accept this method (see the Allow header)",
     "413": "PayloadTooLarge: the body is over the section's max_body_kb",
     "500": "ModelError: the backend failed on this request",
+    "504": "Timeout: the model ran past the section's timeout_s",
+}
+_UNAUTHORIZED = "Unauthorized: no API key, or a wrong one (see the WWW-Authenticate header)"
+_OVERLOADED = (
+    "the section's queue is full (max_queued): Ray's plain-text `Request dropped due to backpressure`, with "
+    "Retry-After; on a shared route, also the error envelope when the section it chose could not answer"
+)
+#: How a keyed route takes its key: `Authorization: Bearer <key>` or `x-api-key: <key>`, either one.
+SECURITY_SCHEMES: dict[str, Any] = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key", "description": "x-api-key: <API key>"},
 }
 
 
@@ -45,10 +59,12 @@ def route_document(
     result: type[BaseModel] | None,
     streaming: bool = False,
     version: str = "",
+    keyed: bool = False,
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document of one section served at `/<route>`.
 
-    Paths: `/<route>` (one operation per method), `/<route>/ping` and `/<route>/openapi.json`.
+    Paths: `/<route>` (one operation per method), `/<route>/ping` and `/<route>/openapi.json`
+    (these two stay open). `keyed`: the route needs an API key.
 
     Raises:
         ValueError: a method OpenAPI has no operation for.
@@ -61,14 +77,16 @@ def route_document(
     prefix = _name(section)
     schemas: dict[str, Any] = copy.deepcopy(_SHARED)
     params_schema = _add_model(schemas, f"{prefix}.Params", params) if params else dict(_FREE_OBJECT)
-    result_schema = _add_model(schemas, f"{prefix}.Result", result) if result else {}
+    result_schema = _add_model(schemas, f"{prefix}.Result", result, "serialization") if result else {}
     operations: dict[str, Any] = {}
     for method in methods:
         verb = method.lower()
         if verb not in ("get", "put", "post", "delete", "options", "head", "patch", "trace"):
             raise ValueError(f"[{section}] method {method!r} has no OpenAPI operation; use GET or POST")
-        responses = {"200": _success(result_schema, streaming), **_error_responses()}
+        responses = {"200": _success(result_schema, streaming), **_error_responses(keyed)}
         operation = _operation(f"{prefix}.{verb}", f"Run {section}", section, responses)
+        if keyed:
+            operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
         if verb in ("get", "head"):
             operation["parameters"] = _query_parameters(params_schema, schemas)
         else:
@@ -76,11 +94,14 @@ def route_document(
         operations[verb] = operation
     base = "/" + route.strip("/")
     paths = {base: operations, f"{base}/ping": _ping(prefix, section), f"{base}/openapi.json": _self(prefix, section)}
+    components: dict[str, Any] = {"schemas": schemas}
+    if keyed:
+        components["securitySchemes"] = copy.deepcopy(SECURITY_SCHEMES)
     return {
         "openapi": OPENAPI_VERSION,
         "info": {"title": f"modelserve [{section}]", "version": version or "0"},
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": components,
     }
 
 
@@ -91,16 +112,17 @@ def merge(documents: list[dict[str, Any]], title: str = "modelserve") -> dict[st
         ValueError: two documents define the same path, or the same component, differently.
     """
     paths: dict[str, Any] = {}
-    schemas: dict[str, Any] = {}
+    components: dict[str, dict[str, Any]] = {"schemas": {}}
     for document in documents:
         _union(paths, document["paths"], "path")
-        _union(schemas, document.get("components", {}).get("schemas", {}), "component")
+        for kind, items in document.get("components", {}).items():
+            _union(components.setdefault(kind, {}), items, "component")
     versions = sorted({document["info"]["version"] for document in documents})
     return {
         "openapi": OPENAPI_VERSION,
         "info": {"title": title, "version": ", ".join(versions) or "0"},
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": components,
     }
 
 
@@ -120,9 +142,12 @@ def _ref(name: str) -> dict[str, Any]:
     return {"$ref": _COMPONENTS + name}
 
 
-def _add_model(schemas: dict[str, Any], name: str, model: type[BaseModel]) -> dict[str, Any]:
-    """Put `model`'s schema under `name` and its `$defs` under `name.<def>`; return a $ref to it."""
-    schema = model.model_json_schema(ref_template=_COMPONENTS + name + ".{model}")
+def _add_model(
+    schemas: dict[str, Any], name: str, model: type[BaseModel], mode: JsonSchemaMode = "validation"
+) -> dict[str, Any]:
+    """Put `model`'s schema under `name` and its `$defs` under `name.<def>`; return a $ref to it.
+    `mode`: "validation" for what requests send, "serialization" for what results answer."""
+    schema = model.model_json_schema(by_alias=True, ref_template=_COMPONENTS + name + ".{model}", mode=mode)
     for def_name, definition in schema.pop("$defs", {}).items():
         schemas[f"{name}.{_name(def_name)}"] = definition
     schemas[name] = schema
@@ -173,8 +198,13 @@ def _success(result_schema: dict[str, Any], streaming: bool) -> dict[str, Any]:
     return {"description": "the result in the envelope", "content": _json(schema or _ref("Envelope"))}
 
 
-def _error_responses() -> dict[str, Any]:
-    return {status: {"description": text, "content": _json(_ref("Error"))} for status, text in _ERRORS.items()}
+def _error_responses(keyed: bool) -> dict[str, Any]:
+    errors = {**_ERRORS, "401": _UNAUTHORIZED} if keyed else _ERRORS
+    responses = {status: {"description": text, "content": _json(_ref("Error"))} for status, text in errors.items()}
+    retry = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+    overloaded = {"text/plain": {"schema": _STRING}, **_json(_ref("Error"))}
+    responses["503"] = {"description": _OVERLOADED, "headers": retry, "content": overloaded}
+    return dict(sorted(responses.items()))
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:

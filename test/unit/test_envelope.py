@@ -71,6 +71,20 @@ def test_dumps_pydantic_models() -> None:
     assert data == {"result": {"when": "2026-01-02", "scores": [0.5]}}
 
 
+def test_pydantic_models_are_answered_by_alias() -> None:
+    class Score(pydantic.BaseModel):
+        label: int = pydantic.Field(alias="class")
+        probability: float = pydantic.Field(serialization_alias="p")
+
+    class Result(pydantic.BaseModel):
+        best: Score
+        scores: list[Score]
+
+    score = Score.model_validate({"class": 4, "probability": 0.9})
+    data = json.loads(envelope.dumps(envelope.success(Result(best=score, scores=[score]), "", "rid")))
+    assert data["result"] == {"best": {"class": 4, "p": 0.9}, "scores": [{"class": 4, "p": 0.9}]}
+
+
 def test_an_unencodable_result_is_a_model_error_naming_its_type() -> None:
     class Handle:
         pass

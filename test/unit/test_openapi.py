@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 from modelserve.inputs import File
 from modelserve.openapi import merge, route_document
 
-ERROR_STATUSES = {"400", "404", "405", "413", "500"}
+ERROR_STATUSES = {"400", "404", "405", "413", "500", "504"}
 COMPONENT_NAME = re.compile(r"^[a-zA-Z0-9._-]+$")
 
 
@@ -142,9 +142,50 @@ def test_only_the_sections_methods_are_operations(methods: tuple[str, ...]) -> N
 
 def test_every_operation_answers_the_error_envelope() -> None:
     responses = document()["paths"]["/extract"]["post"]["responses"]
-    assert set(responses) == {"200"} | ERROR_STATUSES
+    assert set(responses) == {"200", "503"} | ERROR_STATUSES
     for status in ERROR_STATUSES:
         assert responses[status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    overloaded = responses["503"]  # Ray's backpressure answer is plain text; a shared route's, the envelope
+    assert overloaded["content"]["text/plain"]["schema"] == {"type": "string"}
+    assert "Retry-After" in overloaded["headers"] and "max_queued" in overloaded["description"]
+
+
+def test_a_keyed_route_names_its_key_schemes_and_its_401() -> None:
+    doc = document(keyed=True)
+    validate(doc)
+    assert doc["components"]["securitySchemes"] == {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key", "description": "x-api-key: <API key>"},
+    }
+    for verb, operation in doc["paths"]["/extract"].items():
+        assert operation["security"] == [{"bearer": []}, {"apiKey": []}], verb  # either one
+        assert set(operation["responses"]) == {"200", "401", "503"} | ERROR_STATUSES
+        assert "WWW-Authenticate" in operation["responses"]["401"]["description"]
+    for probe in ("/extract/ping", "/extract/openapi.json"):  # the probes stay open
+        assert "security" not in doc["paths"][probe]["get"]
+    open_doc = document()
+    assert "securitySchemes" not in open_doc["components"]
+    assert "401" not in open_doc["paths"]["/extract"]["post"]["responses"]
+    assert "security" not in open_doc["paths"]["/extract"]["post"]
+    merged = merge([doc, route_document(section="free", route="free", methods=("POST",), params=None, result=None)])
+    validate(merged)
+    assert merged["components"]["securitySchemes"] == doc["components"]["securitySchemes"]
+
+
+def test_aliases_name_the_fields_of_params_and_result() -> None:
+    class Scored(BaseModel):
+        label: int = Field(alias="class")
+        probability: float = Field(serialization_alias="p")
+
+    class Query(BaseModel):
+        kind: str = Field(alias="type")
+
+    doc = document(params=Query, result=Scored)
+    validate(doc)
+    schemas = doc["components"]["schemas"]
+    assert set(schemas["algopkg.AlgoExample.Result"]["properties"]) == {"class", "p"}  # as the answer has them
+    assert set(schemas["algopkg.AlgoExample.Params"]["properties"]) == {"type"}  # as requests send them
+    assert [p["name"] for p in doc["paths"]["/extract"]["get"]["parameters"]] == ["type"]
 
 
 def test_a_streaming_route_answers_ndjson_or_server_sent_events() -> None:
