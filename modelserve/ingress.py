@@ -73,6 +73,7 @@ class ModelReplica:
         self._router: Router | None = None  # set while this section owns a split route (router.py)
         self._user_config: dict[str, Any] | None = None
         self._active = 0  # requests in this replica now (the in-flight gauge, set on each health check)
+        self._active_shown = 0  # what the gauge says: set again as soon as the replica is idle
         self._headers = {REPLICA_HEADER: _replica_id()}
         self._methods = spec.methods
         cls = load_backend_class(spec.package, spec.backend)
@@ -84,7 +85,7 @@ class ModelReplica:
         self._params_model = getattr(self._backend, "Params", None)
         self._section = spec.section
         self._max_body = 10240 * 1024
-        self._openapi: dict[str, bytes] = {}
+        self._openapi: dict[tuple[str, bool], bytes] = {}  # by root path, and whether the route needs a key
         self._max_batch_size = 1
         self._batch_wait_s = 0.0
         self._in_flight = 0
@@ -134,13 +135,19 @@ class ModelReplica:
     def check_health(self) -> None:
         """Unhealthy (Ray replaces the replica) once one model call has run far past `timeout_s`:
         its requests have all been answered 504, and a stuck model thread would hold every later one."""
-        self._metrics.in_flight.set(self._active)
+        self._show_in_flight()
         for phase, seconds in self._load_seconds.items():
             self._metrics.load_seconds.set(seconds, {"phase": phase})
         stuck_after = 3 * self._timeout_s + 10
         if self._calls.busy_for() > stuck_after:
             raise RuntimeError(f"one model call has run for over {stuck_after:g} s (3 x timeout_s + 10); restarting")
         self._backend.check_health()
+
+    def _show_in_flight(self) -> None:
+        """Sampled at each health check (not per request: a metric call costs), and set to 0 when the
+        replica goes idle after a sample that counted requests, so an idle replica reads 0."""
+        self._metrics.in_flight.set(self._active)
+        self._active_shown = self._active
 
     async def __call__(self, request: Request) -> Response:
         """A request to the route; a section that owns a split route (router.py) first picks who
@@ -167,6 +174,8 @@ class ModelReplica:
             response, counted = await self._answer(request, request_id)
         finally:
             self._active -= 1
+            if not self._active and self._active_shown:  # a sample taken mid-request must not outlive it
+                self._show_in_flight()
         if counted:  # probes (`/ping`, `/openapi.json`) are not requests
             latency_ms = (time.perf_counter() - started) * 1000
             self._metrics.answered(response.status_code, latency_ms)
@@ -265,6 +274,8 @@ class ModelReplica:
         try:
             return await asyncio.wait_for(self._infer(request, params, request_id), self._timeout_s)
         except asyncio.TimeoutError:
+            # Logged whatever access_log says, as a 500 is: the model call goes on, and may be stuck.
+            logger.warning("request %s: the model ran past timeout_s = %g s; answered 504", request_id, self._timeout_s)
             raise Timeout(f"the model did not answer within {self._timeout_s:g} s (the section's timeout_s)") from None
 
     async def _infer(self, request: Request, params: Any, request_id: str) -> Any:
@@ -293,7 +304,8 @@ class ModelReplica:
         return b"".join(chunks)
 
     def _openapi_document(self, root: str) -> bytes:
-        if root not in self._openapi:
+        cached = (root, bool(self._api_keys))
+        if cached not in self._openapi:
             document = openapi.route_document(
                 section=self._section,
                 route=root.strip("/"),
@@ -301,9 +313,10 @@ class ModelReplica:
                 params=self._params_model,
                 result=getattr(self._backend, "Result", None),
                 streaming=self._streams,
+                keyed=bool(self._api_keys),
             )
-            self._openapi[root] = envelope.dumps(document)
-        return self._openapi[root]
+            self._openapi[cached] = envelope.dumps(document)
+        return self._openapi[cached]
 
     async def _infer_in_batch(self, params: dict[str, Any], request_id: str) -> Any:
         """A lone request goes straight to the model; others join Serve's batch queue. Ray's batch

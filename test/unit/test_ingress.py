@@ -3,6 +3,7 @@
 import asyncio
 import gc
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from helpers import make_project
 from ray import serve
 from starlette.requests import Request
 
+from modelserve import auth
 from modelserve.backend import use_uploaded_package
 from modelserve.ingress import ModelReplica
 from modelserve.replica_spec import ReplicaArgs, ReplicaConfig
@@ -257,3 +259,50 @@ def test_the_owner_of_a_split_route_answers_its_share_forwards_the_rest_and_copi
     status, body, headers = answer(replica, request("POST", "/echo", b"{}"))
     assert status == 503 and headers["x-modelserve-section"] == "algopkg.Echo:down", body
     assert "could not answer" in body["error"]["message"] and "Traceback" not in json.dumps(body)
+
+
+def test_an_idle_replica_reads_0_in_flight_though_a_health_check_sampled_a_request(
+    replica: ModelReplica, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shown: list[int] = []
+    monkeypatch.setattr(replica._metrics, "in_flight", SimpleNamespace(set=shown.append))
+
+    async def sampled_mid_request() -> Any:
+        slow = asyncio.ensure_future(replica(request("POST", "/echo", b'{"sleep_s": 0.3}')))
+        await asyncio.sleep(0.1)
+        replica.check_health()  # Ray's health check, while the request waits for the model
+        return await slow
+
+    assert LOOP.run(sampled_mid_request()).status_code == 200
+    assert shown == [1, 0]  # the request is over: the gauge says so at once, not at the next check
+    replica.check_health()
+    assert answer(replica, request("POST", "/echo", b"{}"))[0] == 200
+    assert shown == [1, 0, 0]  # a request on a replica shown idle costs no metric call
+
+
+def test_a_timeout_is_logged_whatever_access_log_says(replica: ModelReplica) -> None:
+    replica.reconfigure(ReplicaConfig({"threshold": 0.5}, 1, 0, timeout_s=0.05).to_json())
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("ray.serve").addHandler(handler)
+    try:
+        status, body, _ = answer(replica, request("POST", "/echo", b'{"sleep_s": 0.3}'))
+    finally:
+        logging.getLogger("ray.serve").removeHandler(handler)
+    assert status == 504 and body["error"]["type"] == "Timeout"
+    (line,) = [r.getMessage() for r in records if body["request_id"] in r.getMessage()]
+    assert line.endswith("the model ran past timeout_s = 0.05 s; answered 504")
+
+
+def test_a_keyed_route_describes_its_keys(replica: ModelReplica) -> None:
+    def document() -> dict[str, Any]:
+        return answer(replica, request("GET", "/echo/openapi.json"))[1]
+
+    assert "securitySchemes" not in document()["components"]
+    replica.reconfigure(ReplicaConfig({"threshold": 0.5}, 1, 0, api_keys=(auth.digest("k" * 20),)).to_json())
+    keyed = document()  # open, like the probes
+    assert set(keyed["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    assert "401" in keyed["paths"]["/echo"]["post"]["responses"]
+    replica.reconfigure(ReplicaConfig({"threshold": 0.5}, 1, 0).to_json())
+    assert "securitySchemes" not in document()["components"]
