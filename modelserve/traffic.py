@@ -100,13 +100,21 @@ def split_config(
 
 
 def problems(sections: Sequence[SectionSpec]) -> list[str]:
-    """Shared routes must split 100 percent, one stickiness each; mirrors must name a primary."""
+    """The `traffic` of a route's sections adds up to 100 (a lone section's too), one stickiness per
+    route; mirrors must name a primary."""
     found = []
     groups: dict[str, list[SectionSpec]] = {}
     for spec in sections:
         groups.setdefault(spec.route, []).append(spec)
     for route, group in groups.items():
         if len(group) < 2:
+            (spec,) = group
+            if spec.traffic is not None and spec.traffic != 100:
+                found.append(
+                    f"[{spec.section}] traffic = {spec.traffic}: the percents of a route add up to 100, and /{route} "
+                    "has no other section; write `traffic = 100` (or no traffic), or add the section that takes the "
+                    f"other {100 - spec.traffic}%"
+                )
             continue
         unweighted = [s for s in group if s.traffic is None]
         if unweighted:

@@ -249,7 +249,11 @@ def test_sections_share_a_route_by_traffic_percents_that_add_up_to_100(project: 
     twin = EXAMPLE.replace("[algopkg.AlgoExample]", "[algopkg.AlgoExample:v2]")
     assert accepted(project, EXAMPLE + "traffic = 90\n", twin + "traffic = 10\n")
     assert accepted(project, EXAMPLE + "traffic = 0\n", twin + "traffic = 100\n")
-    assert accepted(project, EXAMPLE + "traffic = 30\n")  # alone on its route: it means 100
+    assert accepted(project, EXAMPLE + "traffic = 100\n")
+    assert problems(project, EXAMPLE + "traffic = 50\n") == [  # alone on its route: the percents still add up
+        "[algopkg.AlgoExample] traffic = 50: the percents of a route add up to 100, and /extract has no other "
+        "section; write `traffic = 100` (or no traffic), or add the section that takes the other 50%"
+    ]
     found = problems(project, EXAMPLE + "traffic = 90\n", twin + "traffic = 20\n")
     assert found == [
         "[algopkg.AlgoExample] traffic: the sections of /extract add up to 110, not 100 "
