@@ -87,10 +87,15 @@ def _in_range(convert: Callable[[str], T], low: T, high: T, what: str) -> Callab
         except ValueError:
             value = None
         if value is None or not low <= value <= high:
-            raise Invalid(f"must be {what} from {low:g} to {high:g}")
+            raise Invalid(f"must be {what} from {_plain(low)} to {_plain(high)}")
         return value
 
     return parse
+
+
+def _plain(number: float) -> str:
+    """`1048576`, `0.5`, `0.001`: never the exponent `:g` writes beyond six digits (`1.04858e+06`)."""
+    return str(int(number)) if float(number).is_integer() else repr(float(number))
 
 
 def whole(low: int, high: int) -> Callable[[str], int]:

@@ -184,6 +184,14 @@ def test_a_fix_says_what_to_write(project: Path) -> None:
     ]
 
 
+def test_a_range_is_written_as_it_is_declared(project: Path) -> None:
+    """No `1.04858e+06`: whole bounds as whole numbers, fractions as decimals."""
+    found = problems(project, EXAMPLE + "max_body_kb = 2000000\ntimeout_s = 0\n")
+    assert "[algopkg.AlgoExample] max_body_kb = '2000000': must be a whole number from 1 to 1048576" in found[0]
+    assert "[algopkg.AlgoExample] timeout_s = '0': must be a number from 0.001 to 86400" in found[1]
+    assert not any("e+" in problem for problem in found), found
+
+
 @pytest.mark.parametrize("value", ["auto", "local", "http://head:8265", "https://h", "10.0.0.5:6379", "head:6379"])
 def test_valid_addresses(project: Path, value: str) -> None:
     assert load_config(write_conf(project, {"address": value}, EXAMPLE)).serve.address == value
