@@ -108,6 +108,9 @@ def refresh_auth_mode() -> None:
 
 #: The dashboard's node summary: each node's raylet record (GcsNodeInfo), with its metrics export port.
 NODE_SUMMARY_PATH = "/nodes?view=summary"
+#: How often each Ray process sends its metrics to its node's exporter (Ray's default
+#: `metrics_report_interval_ms`): what an exporter shows is up to this old.
+METRICS_EXPORT_INTERVAL_S = 10
 
 
 def metrics_targets(summary: Mapping[str, Any]) -> list[str]:

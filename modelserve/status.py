@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from modelserve import raycompat
 from modelserve.stages import stage_of
 from modelserve.traffic import is_ours
 
@@ -141,7 +142,8 @@ def splits(details: Mapping[str, Any], stage: str = "") -> dict[str, dict[str, A
 
 
 def traffic_lines(details: Mapping[str, Any], mirrored: Mapping[tuple[str, str], float], stage: str = "") -> list[str]:
-    """One line per shared route (its split) and per mirror (its counts, `{(section, outcome): n}`)."""
+    """One line per shared route (its split) and per mirror (its counts, `{(section, outcome): n}`),
+    and how fresh the counts are: Ray's exporters have them every few seconds."""
     lines = []
     for route, config in sorted(splits(details, stage).items()):
         split = ", ".join(f"{t['section']} {t['weight']}%" for t in config.get("targets", []))
@@ -149,8 +151,12 @@ def traffic_lines(details: Mapping[str, Any], mirrored: Mapping[tuple[str, str],
         lines.append(f"{route}: {split}{sticky}")
         for primary, mirrors in sorted((config.get("mirrors") or {}).items()):
             for m in mirrors:
-                counts = ", ".join(f"{o} {mirrored.get((m['section'], o), 0):g}" for o in ("sent", "failed", "dropped"))
+                outcomes = ("sent", "failed", "dropped")  # whole numbers: never `1.04858e+06`
+                counts = ", ".join(f"{o} {mirrored.get((m['section'], o), 0):.0f}" for o in outcomes)
                 lines.append(f"  mirror {m['section']} <- {primary} ({m['percent']}%): {counts}")
+    if any(line.startswith("  mirror ") for line in lines):
+        every = raycompat.METRICS_EXPORT_INTERVAL_S
+        lines.append(f"  (mirror counts come from Ray's metrics, exported every {every} s: up to {every} s behind)")
     return lines
 
 

@@ -48,6 +48,12 @@ def test_the_private_helpers_we_call_exist_with_our_signature() -> None:
     assert callable(Config.initialize)
 
 
+def test_metrics_reach_the_exporter_as_often_as_status_says() -> None:
+    from ray._raylet import Config
+
+    assert Config.metrics_report_interval_ms() == raycompat.METRICS_EXPORT_INTERVAL_S * 1000
+
+
 def test_the_deploy_schema_check_reports_what_ray_rejects() -> None:
     assert raycompat.deploy_schema_problems({"applications": []}) == []
     bad = {"applications": [{"name": "a", "import_path": "x", "route_prefix": "/a", "deployments": []}]}

@@ -137,8 +137,13 @@ def test_a_split_is_read_from_the_section_that_owns_the_route() -> None:
         ("algopkg.Echo", "http://h:1/echo"),
         ("algopkg.Echo:v2", "http://h:1/echo"),
     ]
-    counts = {("algopkg.Echo:copy", "sent"): 7.0, ("algopkg.Echo:copy", "dropped"): 1.0}
+    counts = {("algopkg.Echo:copy", "sent"): 1048576.0, ("algopkg.Echo:copy", "dropped"): 1.0}
     assert status.traffic_lines(details, counts) == [
         "/echo: algopkg.Echo 90%, algopkg.Echo:v2 10% (sticky by header x-user)",
-        "  mirror algopkg.Echo:copy <- algopkg.Echo (50%): sent 7, failed 0, dropped 1",
+        "  mirror algopkg.Echo:copy <- algopkg.Echo (50%): sent 1048576, failed 0, dropped 1",
+        "  (mirror counts come from Ray's metrics, exported every 10 s: up to 10 s behind)",
+    ]
+    del split["mirrors"]["algopkg.Echo"]
+    assert status.traffic_lines(details, counts) == [  # no mirror, no word on their counts
+        "/echo: algopkg.Echo 90%, algopkg.Echo:v2 10% (sticky by header x-user)"
     ]
