@@ -90,7 +90,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     base_url = _base_url(config, dashboard)
     _remember(state_dir, dashboard, base_url)
     outcome = apply(config, cluster, before, state_dir, base_url, stage=args.stage, phases=phases)
-    code = _report(status.rows(outcome.details, base_url, [s.app_name for s in config.sections]))
+    code = _report(status.rows(outcome.details, base_url, [s.app_name for s in config.sections], args.stage))
     phases.total()
     for name, row in outcome.failed.items():
         what = "rolled back to its last good configuration" if name in outcome.rolled_back else "left as it is"

@@ -110,9 +110,8 @@ def rows(details: Mapping[str, Any], base_url: str, only: Iterable[str] | None =
     if only is None:  # the stage's sections; not our 404 app
         only = sorted(a for a in apps if not is_ours(a) and stage_of(a) == stage)
     names = list(only)
-    behind = {
-        t["section"]: route for route, config in splits(details, stage).items() for t in config.get("targets", [])
-    }
+    # By application name: a stage's section has the section name of production's (its app is `<stage>.<name>`).
+    behind = {t.get("app"): route for route, split in splits(details, stage).items() for t in split.get("targets", [])}
     result = []
     for name in names:
         app = apps.get(name)
@@ -120,8 +119,8 @@ def rows(details: Mapping[str, Any], base_url: str, only: Iterable[str] | None =
             result.append(Row(section=f"{PACKAGE}{name}", url="", ready=0, target=0, status="MISSING"))
         else:
             row = app_row(name, app, base_url)
-            if row.section in behind:  # served through its route's owner
-                row = replace(row, url=f"{base_url}{behind[row.section]}")
+            if name in behind:  # served through its route's owner
+                row = replace(row, url=f"{base_url}{behind[name]}")
             result.append(row)
     return result
 

@@ -7,7 +7,7 @@ import pytest
 from helpers import make_project, write_conf
 from test_cli import ECHO, healthy
 
-from modelserve import plan, stages
+from modelserve import plan, stages, status
 from modelserve.cli import main
 from modelserve.config import load_config
 
@@ -77,3 +77,29 @@ def test_applies_of_one_stage_carry_the_others_as_they_run(fake, tmp_path: Path)
     assert main(["down", "--stage", "grey", "-c", str(conf)]) == 0
     assert {a["name"] for a in fake.deployed[-1]["applications"]} == {"Echo", "modelserve-404"}
     assert re.fullmatch(r"\d+", str(fake.deployed[-1]["http_options"]["port"]))
+
+
+def test_the_apply_table_of_a_stage_prints_the_stage_url(
+    fake, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stage's section has the name of a production section that owns a split route: the table
+    must not print production's URL for it (nor the reverse)."""
+    fake.details["http_options"] = {"host": "127.0.0.1", "port": 8123}
+    conf = write_conf(make_project(tmp_path), {"address": fake.url, "port": 8123}, SPLIT)
+
+    def cluster(config: dict) -> None:
+        apps = {}
+        for app in config["applications"]:
+            row = healthy(route=app.get("route_prefix") or "")
+            row["deployed_app_config"] = app
+            apps[app["name"]] = row
+        fake.details["applications"] = apps
+
+    fake.on_deploy = cluster
+    assert main(["-c", str(conf)]) == 0
+    assert re.search(r"^algopkg\.Echo\s+http://127\.0\.0\.1:8123/echo\s", capsys.readouterr().out, re.M)
+    assert main(["--stage", "grey", "-c", str(conf)]) == 0
+    table = capsys.readouterr().out
+    assert re.search(r"^algopkg\.Echo\s+http://127\.0\.0\.1:8123/grey/echo\s", table, re.M), table
+    for stage, url in [("", "h/echo"), ("grey", "h/grey/echo")]:  # what `status [--stage grey]` prints
+        assert [(r.section, r.url) for r in status.rows(fake.details, "h", stage=stage)] == [("algopkg.Echo", url)]
