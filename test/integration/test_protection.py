@@ -92,6 +92,9 @@ def test_routes_need_a_key_and_probes_do_not(deployed: Path, cluster: TestCluste
     assert post(url, {"a": 2}, key=KEY, header="x-api-key").body["result"]["params"] == {"a": 2}
     assert requests.get(f"{url}/ping", timeout=10).json()["result"] == "pong"
     assert requests.get(f"{cluster.base_url}/-/healthz", timeout=10).status_code == 200
+    document = requests.get(f"{url}/openapi.json", timeout=10).json()  # open too, and it says how to send a key
+    assert set(document["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    assert {"401", "503", "504"} <= set(document["paths"]["/echo"]["post"]["responses"])
     # A section's own key file replaces the global one.
     assert_error_envelope(post(f"{cluster.base_url}/team", key=KEY), 401, "Unauthorized")
     assert post(f"{cluster.base_url}/team", key=TEAM_KEY).status == 200
@@ -125,6 +128,13 @@ def test_a_slow_model_gets_504_and_the_replica_serves_on(deployed: Path, cluster
     assert took < 2.5, took
     after = wait_for(lambda: (r := post(url, {"n": 1}, key=KEY)).status == 200 and r, 15, "the next request to pass")
     assert after.body["result"]["params"] == {"n": 1}
+
+    def logged() -> str | None:  # with access_log off, as errors are
+        code, logs = controller_in_process("logs", "algopkg.Echo:slow", "-n", "300", "-c", str(deployed))
+        return next((line for line in logs.splitlines() if late.body["request_id"] in line), None)
+
+    line = wait_for(logged, 20, "the 504 in the replica's log")
+    assert "the model ran past timeout_s = 1 s; answered 504" in line, line
 
 
 def test_beyond_max_queued_requests_get_503_at_once(deployed: Path, cluster: TestCluster) -> None:
