@@ -142,7 +142,7 @@ def splits(details: Mapping[str, Any], stage: str = "") -> dict[str, dict[str, A
 
 def traffic_lines(details: Mapping[str, Any], mirrored: Mapping[tuple[str, str], float], stage: str = "") -> list[str]:
     """One line per shared route (its split) and per mirror (its counts, `{(section, outcome): n}`),
-    and how fresh the counts are: Ray's exporters have them every few seconds."""
+    and how fresh those counts are: Ray exports its metrics every METRICS_EXPORT_INTERVAL_S."""
     lines = []
     for route, config in sorted(splits(details, stage).items()):
         split = ", ".join(f"{t['section']} {t['weight']}%" for t in config.get("targets", []))
