@@ -1,6 +1,7 @@
 """The monitoring profile against a real Prometheus: the Debian `prometheus` package's binary,
 started here on the test cluster the way docker/monitoring/prometheus.yml finds nodes (the file
-Ray's head writes), and every PromQL query of the Grafana dashboard answered with data."""
+Ray's head writes), and every PromQL query of the Grafana dashboard answered with data.
+And `controller.py bench -H` on the module's keyed route."""
 
 from __future__ import annotations
 
@@ -202,3 +203,17 @@ def test_every_dashboard_query_returns_data_after_traffic(
         f"{prometheus}/api/v1/label/section/values", params={"match[]": "ray_modelserve_requests_total"}, timeout=10
     ).json()["data"]
     assert SECTION in sections, sections
+
+
+def test_bench_loads_a_keyed_route_with_its_key(
+    deployed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`controller.py bench -H` on this module's keyed route; without the key, the 401s are counted as such."""
+    from modelserve.cli import main
+
+    (tmp_path / "params.json").write_text('{"i": 1}')
+    bench = ["bench", "batch", "-c", str(deployed), "--body", str(tmp_path / "params.json"), "-n", "20", "-C", "4"]
+    assert main([*bench, "-H", f"Authorization: Bearer {KEY}"]) == 0
+    assert "non-2xx 0  errors 0" in capsys.readouterr().out
+    assert main(bench) == 1
+    assert "non-2xx 20 (401: 20)  errors 0" in capsys.readouterr().out
