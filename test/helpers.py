@@ -60,6 +60,19 @@ def make_project(root: Path) -> Path:
     return root
 
 
+def mirror_project(root: Path) -> Path:
+    """A project dir that sees the repository's own files through symlinks, all but conf.ini.
+
+    A conf.ini written here refers to what the repository's does: the user's packages, model
+    files, API key files beside conf.ini, whatever a user's valid section names.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    for entry in REPO.iterdir():
+        if entry.name != "conf.ini" and not entry.name.startswith("."):
+            (root / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+    return root
+
+
 def write_conf(root: Path, serve: dict[str, Any], *sections: str) -> Path:
     head = "[MODEL SERVE]\n" + "".join(f"{k} = {v}\n" for k, v in serve.items())
     body = "\n".join(textwrap.dedent(s).strip() + "\n" for s in sections)

@@ -61,13 +61,16 @@ def write_png(path: Path, pixels: list[int]) -> None:
 
 def repository_conf(port: int, dashboard_port: int) -> str:
     """The repository's example section and serve keys as conf.ini has them, on free ports, for a
-    local cluster of 2 CPUs. Sections a user added to conf.ini are left out (they are the user's)."""
+    local cluster of 2 CPUs. Sections a user added to conf.ini are left out (they are the user's),
+    and so are API keys a user gave the example or every route: the tests call it without one."""
     shipped = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), interpolation=None)
     shipped.read(REPO / "conf.ini")
     assert shipped["algopkg.AlgoExample"]["route"] == "extract"
     serve = {**shipped["MODEL SERVE"], "port": port, "address": "local", "dashboard_port": dashboard_port}
+    example = {k: v for k, v in shipped["algopkg.AlgoExample"].items() if k != "api_keys"}
+    serve.pop("api_keys", None)
     out = configparser.ConfigParser(interpolation=None)
-    out.read_dict({"MODEL SERVE": {**serve, "local_cpus": 2}, "algopkg.AlgoExample": shipped["algopkg.AlgoExample"]})
+    out.read_dict({"MODEL SERVE": {**serve, "local_cpus": 2}, "algopkg.AlgoExample": example})
     text = io.StringIO()
     out.write(text)
     return text.getvalue()

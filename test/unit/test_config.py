@@ -1,7 +1,7 @@
 from pathlib import Path
 
 import pytest
-from helpers import make_project, write_conf
+from helpers import make_project, mirror_project, write_conf
 
 from modelserve.config import ConfigError, load_config
 from modelserve.keys import Replicas
@@ -32,10 +32,13 @@ def test_the_shipped_conf_ini_is_valid_whatever_sections_a_user_adds() -> None:
     assert config.sections and config.model_zoo.is_absolute()
 
 
-def test_the_example_section(project: Path) -> None:
-    """The example as shipped, in a copy of its own (a user's edits to conf.ini never break this)."""
+def test_the_example_section(tmp_path: Path) -> None:
+    """The example as shipped, in a copy of its own (a user's edits to conf.ini never break this).
+
+    The copy sees the repository's files, so a key file `[MODEL SERVE] api_keys` names is there."""
     import configparser
 
+    project = mirror_project(tmp_path / "project")
     shipped = configparser.ConfigParser(inline_comment_prefixes=(";",), interpolation=None)
     shipped.read(Path(__file__).resolve().parents[2] / "conf.ini")
     for extra in [s for s in shipped.sections() if s not in ("MODEL SERVE", "algopkg.AlgoExample")]:
@@ -53,7 +56,9 @@ def test_the_example_section(project: Path) -> None:
     assert config.serve.host == "127.0.0.1" and config.model_zoo.name == "Model_ZOO"
 
 
-def test_a_user_s_extra_section_keeps_the_suite_green(project: Path) -> None:
+def test_a_user_s_extra_section_keeps_the_suite_green(tmp_path: Path) -> None:
+    """The user's conf.ini and one more section, in a copy that sees the user's files (their key files)."""
+    project = mirror_project(tmp_path / "project")
     shipped = (Path(__file__).resolve().parents[2] / "conf.ini").read_text()
     extra = EXAMPLE.replace("[algopkg.AlgoExample]", "[algopkg.AlgoExample:zz_user_test]").replace(
         "route = extract", "route = zz_user_test"

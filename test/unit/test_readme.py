@@ -49,3 +49,36 @@ def test_the_backend_example_runs(tmp_path: Path) -> None:
     backend = namespace["Classifier"]()
     backend.load([str(tmp_path / "w.npy")])
     assert backend.infer({"x": [1, 1]}) == {"score": 3.0}
+
+
+@pytest.mark.parametrize("installed", [False, True])
+def test_ci_installs_the_debian_packages_the_tests_need_then_runs_the_test_command(
+    tmp_path: Path, installed: bool
+) -> None:
+    """`.ci/run` as CI runs it (CI=true, no stdin), with stand-ins for apt-get and make that log their calls."""
+    import shutil
+    import subprocess
+
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    for tool in ("bash", "dirname", "id"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or tool)
+    stubs = ["apt-get", "make"] + (["wrk", "prometheus", "promtool"] if installed else [])
+    for stub in stubs:
+        (bin_dir / stub).write_text(f'#!/bin/bash\necho "{stub} $*" >> {log}\n')
+    (bin_dir / "sudo").write_text('#!/bin/bash\nshift\nexec "$@"\n')  # `sudo -n CMD` when not root
+    for stub in [*stubs, "sudo"]:
+        (bin_dir / stub).chmod(0o755)
+    env = {"PATH": str(bin_dir), "CI": "true", "HOME": str(tmp_path)}
+    result = subprocess.run(
+        [str(bin_dir / "bash"), str(ROOT / ".ci" / "run")],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text().splitlines()
+    install = ["apt-get update -q", "apt-get install -y -q --no-install-recommends wrk prometheus"]
+    assert calls == ([] if installed else install) + ["make test"], calls
