@@ -8,6 +8,9 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
+from modelserve import modelcalls
 from modelserve.modelcalls import QUICK_CALLS, QUICK_S, ModelCalls
 
 
@@ -18,6 +21,13 @@ def where(_: Any = None) -> int:
 def slow(_: Any = None) -> int:
     time.sleep(QUICK_S * 3)
     return threading.get_ident()
+
+
+class FakeClock:
+    now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
 
 
 def run(coro: Any) -> Any:
@@ -103,7 +113,19 @@ def test_never_inline_beside_a_call_on_the_thread() -> None:
     assert run(main()) == (False, 0)
 
 
-def test_run_each_gives_the_loop_turns_and_moves_to_the_thread_when_the_model_slows() -> None:
+def test_run_each_gives_the_loop_turns_and_moves_to_the_thread_when_the_model_slows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock()  # a call's time as the test says: on a busy machine a 0.7 ms sleep may take 20 ms
+    monkeypatch.setattr(modelcalls, "time", clock)
+
+    def taking(seconds: float) -> Any:
+        def call(_: Any) -> int:
+            clock.now += seconds
+            return where()
+
+        return call
+
     async def main() -> tuple[list[bool], int]:
         calls, loop_thread = inline_calls(), threading.get_ident()
         for _ in range(QUICK_CALLS):
@@ -117,7 +139,7 @@ def test_run_each_gives_the_loop_turns_and_moves_to_the_thread_when_the_model_sl
                 await asyncio.sleep(0)
 
         task = asyncio.ensure_future(ticker())
-        fns = [lambda _: (time.sleep(QUICK_S / 3), where())[1]] * 12 + [slow, where, where]
+        fns = [taking(QUICK_S / 3)] * 12 + [taking(QUICK_S * 3), where, where]
         results = await calls.run_each(lambda fn: fn(None), fns)
         task.cancel()
         return [r == loop_thread for r in results], ticks
@@ -160,18 +182,29 @@ def test_a_timeout_on_the_thread_frees_the_loop_and_others_are_answered_meanwhil
         task = asyncio.ensure_future(ticker())
         started = time.monotonic()
         try:
-            await asyncio.wait_for(calls.run(lambda _: time.sleep(0.5), None), 0.1)
+            await asyncio.wait_for(calls.run(lambda _: time.sleep(1), None), 0.2)
         except asyncio.TimeoutError:
-            gave_up = time.monotonic() - started
+            gave_up, ticked = time.monotonic() - started, ticks
         busy = calls.busy_for() > 0  # the call still runs on the thread
         await calls.run(where, None)  # queued behind it
         task.cancel()
-        return gave_up, ticks, busy, time.monotonic() - started
+        return gave_up, ticked, busy, time.monotonic() - started
 
-    gave_up, ticks, busy, next_done = run(main())
-    assert gave_up < 0.2, gave_up
-    assert ticks >= 5, "the loop did not run while the model call did"
-    assert busy and next_done >= 0.5, "the next call ran beside the slow one"
+    gave_up, ticked, busy, next_done = run(main())
+    assert gave_up < 0.6, gave_up  # inline, it would have waited the whole second
+    assert ticked >= 2, "the loop did not run while the model call did"
+    assert busy and next_done >= 1, "the next call ran beside the slow one"
+
+
+def test_the_thread_outlives_a_loop_that_closed_while_it_ran() -> None:
+    calls = ModelCalls()
+
+    async def leave() -> None:
+        calls.pool.call(time.sleep, 0.1)  # not awaited: the loop closes before it ends
+
+    run(leave())
+    time.sleep(0.2)
+    assert run(asyncio.wait_for(calls.run(where, None), 5)) != threading.get_ident()  # a dead thread: TimeoutError
 
 
 def test_the_thread_passes_results_and_exceptions_and_serves_an_executor() -> None:
