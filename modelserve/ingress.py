@@ -81,7 +81,7 @@ class ModelReplica:
         self._own_batch = has_batch_method(self._backend)
         self._has_infer = has_infer_method(self._backend)
         self._streams = has_stream_method(self._backend)
-        self._calls = ModelCalls(may_inline=not self._streams)
+        self._calls = ModelCalls()
         self._params_model = getattr(self._backend, "Params", None)
         self._section = spec.section
         self._max_body = 10240 * 1024
@@ -110,6 +110,7 @@ class ModelReplica:
         self._batch_wait_s = config.batch_wait_ms / 1000
         self._max_body = config.max_body_kb * 1024
         self._timeout_s = config.timeout_s
+        self._calls.allow_inline(config.model_calls == "inline" and not self._streams)  # a stream: on the thread
         self._api_keys = config.api_keys
         self._public_route = config.route
         if config.access_log_json and not self._access_json:

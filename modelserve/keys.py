@@ -232,6 +232,12 @@ def access_log(raw: str) -> str:
     return "on" if _BOOLS[raw.lower()] else "off"
 
 
+def model_calls(raw: str) -> str:
+    if raw not in ("thread", "inline"):
+        raise Invalid("must be `thread` (timeout_s holds) or `inline` (quick models run on the event loop: no timeout)")
+    return raw
+
+
 def ingress(raw: str) -> str:
     if raw not in ("fast", "proxy"):
         raise Invalid("must be `fast` (HAProxy ingress) or `proxy` (Ray Serve's Python proxy)")

@@ -1,13 +1,19 @@
-"""Where a replica runs its model's calls: on the event loop while the model is quick, else on one model thread.
+"""Where a replica runs its model's calls: on its one model thread, or (opted in) on the event loop.
 
-A model call on a separate thread keeps the event loop free, but the two threads then fight for the
-GIL: numpy releases it around each BLAS call and waits for the loop to give it back, and every
-hand-off wakes the other thread. For a sub-millisecond model (an original-template package at
-batch 1) that costs more than the model. So calls start on the model thread, and once `QUICK_CALLS`
-calls in a row have each taken under `QUICK_S` they run inline, as in an `async def` endpoint; the
-first call that takes longer sends the next ones back to the thread. A backend's `reconfigure` (its
-behaviour may change) starts the count again. Inline, a batch of one-at-a-time calls (`run_each`)
-gives the loop a turn every `QUICK_S`, so it keeps reading the next requests.
+On the model thread (conf.ini `model_calls = thread`, the default) the event loop stays free while
+the model runs: other requests are read and answered meanwhile, and `timeout_s` holds, as the loop
+can stop waiting for a call it cannot stop. The hand-off is one queue put and one loop wake-up
+per call (`ModelThread`: about 35 us of CPU per call in-process, against 65 us through
+`run_in_executor`); a batch of one-at-a-time calls (`run_each`) goes over in one hand-off.
+
+`model_calls = inline` (a section's opt-in) saves that hand-off and the two threads' fight for the
+GIL (numpy releases it around each BLAS call and waits for the loop to give it back), which for a
+sub-millisecond model costs more than the model. Calls start on the thread, and once
+`QUICK_CALLS` calls in a row have each taken under `QUICK_S` they run inline, as in an `async def`
+endpoint; the first call that takes longer sends the next ones back to the thread. A backend's
+`reconfigure` (its behaviour may change) starts the count again. Inline, a call cannot be cut
+short: `timeout_s` does not hold, and every other request on the replica waits for it. A batch of
+one-at-a-time calls inline gives the loop a turn every `QUICK_S`.
 
 Only one call runs at a time: never one inline beside one on the thread.
 """
@@ -15,32 +21,98 @@ Only one call runs at a time: never one inline beside one on the thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from typing import Any
 
 #: A call that takes less than this may run on the event loop (which is blocked that long).
 QUICK_S = 0.002
-#: Quick calls in a row before calls run inline.
+#: Quick calls in a row before calls run inline (with `model_calls = inline`).
 QUICK_CALLS = 16
+
+
+def _nothing() -> None:
+    pass
+
+
+class ModelThread(Executor):
+    """One daemon thread that runs the calls given to it, one at a time, in order.
+
+    `submit` serves `loop.run_in_executor` (a stream's generator); `call` is the cheaper hand-off
+    for an awaited call: no `concurrent.futures.Future` to chain, one `call_soon_threadsafe` back."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        threading.Thread(target=self._work, name="model", daemon=True).start()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+
+        def job() -> None:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+        self._jobs.put(job)
+        return future
+
+    def call(self, fn: Callable[..., Any], *args: Any, done: Callable[[], None] = _nothing) -> asyncio.Future[Any]:
+        """`fn(*args)` on the thread, awaited on the running loop; then `done()` on the loop, even
+        when the future was cancelled meanwhile."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def job() -> None:
+            try:
+                result, error = fn(*args), None
+            except BaseException as exc:
+                result, error = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop has closed: no one waits, and the thread lives on
+                loop.call_soon_threadsafe(_settle, future, result, error, done)
+
+        self._jobs.put(job)
+        return future
+
+    def _work(self) -> None:
+        while True:
+            self._jobs.get()()
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None, done: Callable[[], None]) -> None:
+    done()
+    if future.done():  # cancelled: the request stopped waiting (timeout_s)
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
 
 
 class ModelCalls:
     """Runs one replica's model calls, one at a time, timing each."""
 
-    def __init__(self, may_inline: bool = True) -> None:
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
-        self._may_inline = may_inline  # a stream's generator advances on the thread between calls
+    def __init__(self) -> None:
+        self.pool = ModelThread()
+        self._may_inline = False  # `model_calls = inline`, and not a stream (it advances on the thread)
         self._busy_since: float | None = None
         self._quick = 0  # quick calls in a row
-        self._on_thread = 0  # hand-offs to the thread not yet back
+        self._on_thread = 0  # calls handed to the thread and not yet back (even if no longer awaited)
         self._yielding = False  # an inline `run_each` is giving the loop a turn
 
     @property
     def inline(self) -> bool:
         """Whether the next call runs on the event loop."""
         return self._may_inline and self._quick >= QUICK_CALLS and not self._on_thread and not self._yielding
+
+    def allow_inline(self, allowed: bool) -> None:
+        """Opt in to inline calls once the model is quick (`model_calls = inline`), or back out."""
+        self._may_inline = allowed
 
     def relearn(self) -> None:
         """Back to the model thread until the model has been quick again (after a reconfigure)."""
@@ -52,7 +124,7 @@ class ModelCalls:
         return 0.0 if since is None else time.monotonic() - since
 
     async def run(self, fn: Callable[[Any], Any], arg: Any) -> Any:
-        """`fn(arg)`, inline or on the model thread."""
+        """`fn(arg)`, on the model thread (or inline, when opted in and quick)."""
         if self.inline:
             return self._timed(fn, arg)
         return await self._on_thread_run(self._timed, fn, arg)
@@ -76,12 +148,12 @@ class ModelCalls:
                 return results + (list(await self._on_thread_run(self._each, fn, rest)) if rest else [])
         return results
 
-    async def _on_thread_run(self, call: Callable[..., Any], *args: Any) -> Any:
+    def _on_thread_run(self, call: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         self._on_thread += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self.pool, call, *args)
-        finally:
-            self._on_thread -= 1
+        return self.pool.call(call, *args, done=self._back)
+
+    def _back(self) -> None:
+        self._on_thread -= 1
 
     def _each(self, fn: Callable[[Any], Any], args: list[Any]) -> list[Any]:
         return [self._timed(fn, arg) for arg in args]

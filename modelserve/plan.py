@@ -80,6 +80,7 @@ def replica_config(spec: SectionSpec, config: Config, split: Mapping[str, Any] |
         batch_wait_ms=spec.batch_wait_ms,
         max_body_kb=spec.max_body_kb,
         timeout_s=spec.timeout_s,
+        model_calls=spec.model_calls,
         api_keys=auth.read_key_file(key_file) if key_file else (),
         access_log_json=config.serve.access_log == "json",
         route=f"/{spec.route}",

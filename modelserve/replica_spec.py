@@ -51,6 +51,8 @@ class ReplicaConfig:
     batch_wait_ms: float = 0.0
     max_body_kb: int = 10240
     timeout_s: float = 60.0
+    #: `thread`, or `inline`: a quick model's calls on the event loop (modelcalls.py).
+    model_calls: str = "thread"
     #: SHA-256 digests of the API keys the route accepts; empty = open.
     api_keys: tuple[str, ...] = ()
     #: One JSON line per request in the replica's log.

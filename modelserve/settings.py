@@ -258,6 +258,14 @@ class SectionSpec:
         example="10",
         help="a request whose inference runs longer gets 504",
     )
+    model_calls: str = conf_key(
+        "model_calls",
+        keys.model_calls,
+        default="thread",
+        change=IN_PLACE,
+        example="inline",
+        help="thread = on the model thread; inline = a quick model on the event loop (no timeout_s)",
+    )
     max_queued: int | None = conf_key(
         "max_queued",
         keys.optional_whole(1, 1000000),

@@ -47,7 +47,16 @@ timeout_s = 1
 max_ongoing_requests = 1
 max_queued = 1
 """
-SECTIONS = (ECHO_SECTION, TEAM, SLOW)
+QUICK = """
+[algopkg.Echo:quick]
+backend = Echo
+model = echo_model.txt
+route = quick
+method = POST
+cpu_cost = 0.25
+timeout_s = 1
+"""
+SECTIONS = (ECHO_SECTION, TEAM, SLOW, QUICK)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +67,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def apply(project: Path, cluster: TestCluster, **serve: Any) -> tuple[int, str]:
-    conf = write_conf(project, cluster.serve(api_keys="api_keys.txt", **serve), *SECTIONS)
+def apply(project: Path, cluster: TestCluster, sections: tuple[str, ...] = SECTIONS, **serve: Any) -> tuple[int, str]:
+    conf = write_conf(project, cluster.serve(api_keys="api_keys.txt", **serve), *sections)
     return controller_in_process("-c", str(conf))
 
 
@@ -135,6 +144,83 @@ def test_a_slow_model_gets_504_and_the_replica_serves_on(deployed: Path, cluster
 
     line = wait_for(logged, 20, "the 504 in the replica's log")
     assert "the model ran past timeout_s = 1 s; answered 504" in line, line
+
+
+def slow_call_after_quick_ones(url: str, quick_calls: int) -> dict[str, tuple[Reply, float]]:
+    """`quick_calls` quick calls, then one of 3 s and, while it runs, a probe and a quick call to the
+    same replica: each answer with the seconds it took."""
+    for i in range(quick_calls):
+        assert post(url, {"i": i}, key=KEY).status == 200
+
+    def timed(what: str) -> tuple[Reply, float]:
+        started = time.monotonic()
+        if what == "ping":
+            response = requests.get(f"{url}/ping", timeout=30)
+            reply = Reply(response.status_code, response.json(), {})
+        else:
+            reply = post(url, {"sleep_s": 3} if what == "slow" else {"n": 1}, key=KEY)
+        return reply, time.monotonic() - started
+
+    with ThreadPoolExecutor(3) as pool:
+        slow = pool.submit(timed, "slow")
+        time.sleep(0.3)  # the slow call has started
+        ping, quick = pool.submit(timed, "ping"), pool.submit(timed, "quick")
+        return {"slow": slow.result(), "ping": ping.result(), "quick": quick.result()}
+
+
+def thread_of(url: str) -> str:
+    """The thread the model ran a call on ("model", or the event loop's); the answer if not 200."""
+    reply = post(url, key=KEY)
+    return str(reply.body["result"]["thread"]) if reply.status == 200 else f"{reply.status}: {reply.body}"
+
+
+def test_timeout_s_holds_after_100_quick_calls(deployed: Path, cluster: TestCluster) -> None:
+    """The model thread (`model_calls = thread`, the default): a slow call is cut at timeout_s
+    whatever came before, and the replica answers meanwhile (a call queued behind it: 504 in time)."""
+    url = f"{cluster.base_url}/quick"
+    assert thread_of(url) == "model"
+    answers = slow_call_after_quick_ones(url, 100)
+    print({what: (reply.status, round(took, 2)) for what, (reply, took) in answers.items()})
+    late, took = answers["slow"]
+    assert_error_envelope(late, 504, "Timeout", "within 1 s")
+    assert took < 1.5, took
+    ping, took = answers["ping"]
+    assert ping.status == 200 and took < 0.7, (ping, took)  # well before the slow call ends (at 3.3 s)
+    queued, took = answers["quick"]
+    assert_error_envelope(queued, 504, "Timeout", "within 1 s")  # the one model thread is busy: cut in time
+    assert took < 1.5, took
+    wait_for(lambda: post(url, key=KEY).status == 200, 15, "the replica to serve again")
+
+
+def test_inline_model_calls_are_not_cut_and_hold_the_replica(
+    deployed: Path, project: Path, cluster: TestCluster
+) -> None:
+    """What the README says `model_calls = inline` costs: once the model has been quick, a slow call
+    runs on the event loop, is answered when it ends (no 504), and every request waits for it."""
+    url = f"{cluster.base_url}/quick"
+    inline = QUICK + "model_calls = inline\n"
+    try:
+        code, out = apply(project, cluster, (ECHO_SECTION, TEAM, SLOW, inline))
+        assert code == 0 and "update in place" in out, out
+        seen: list[str] = []
+
+        def inline_now() -> bool:
+            seen.append(thread_of(url))
+            return seen[-1] != "model" and not seen[-1][:3].isdigit()  # the loop's thread, not an error
+
+        try:
+            wait_for(inline_now, 30, "calls to run inline")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the last answers: {seen[-3:]}") from None
+        answers = slow_call_after_quick_ones(url, 0)
+        print({what: (reply.status, round(took, 2)) for what, (reply, took) in answers.items()})
+        late, took = answers["slow"]
+        assert late.status == 200 and took >= 2.9, (late, took)
+        ping, took = answers["ping"]
+        assert ping.status == 200 and took > 2, (ping, took)  # it waited for the slow call
+        assert thread_of(url) == "model"  # the slow call sent calls back
+    finally:
+        assert apply(project, cluster)[0] == 0
 
 
 def test_beyond_max_queued_requests_get_503_at_once(deployed: Path, cluster: TestCluster) -> None:

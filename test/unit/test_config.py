@@ -98,6 +98,7 @@ def test_variants_of_one_package(project: Path) -> None:
         ("backend = nope", "backend = 'nope': no class of that name"),
         ("warmup = none.json", "warmup = 'none.json': file not found"),
         ("env = venv", "env = 'venv': must be empty"),
+        ("model_calls = fast", "model_calls = 'fast': must be `thread` (timeout_s holds) or `inline`"),
         ("env = conda:", "env = 'conda:'"),
         ("env = pip", "env = 'pip': "),
         ("warmup = backend.py", "warmup = 'backend.py': cannot read backend.py as JSON"),

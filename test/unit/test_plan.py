@@ -71,6 +71,17 @@ def test_access_log_is_a_deployment_option_that_updates_in_place(config: Config)
     assert plan.diff(as_json, running) == [plan.Change("Echo", "update in place")]
 
 
+def test_model_calls_travel_in_user_config_and_change_in_place(config: Config) -> None:
+    from dataclasses import replace
+
+    running = running_copy(plan.deploy_config(config, artifacts()))
+    assert running["Echo"]["deployments"][0]["user_config"]["model_calls"] == "thread"
+    inline = replace(config, sections=(replace(config.sections[0], model_calls="inline"),))
+    desired = plan.deploy_config(inline, artifacts())
+    assert desired["applications"][0]["deployments"][0]["user_config"]["model_calls"] == "inline"
+    assert plan.diff(desired, running) == [plan.Change("Echo", "update in place")]
+
+
 def test_api_keys_travel_as_digests_and_rotate_in_place(config: Config, tmp_path: Path) -> None:
     from dataclasses import replace
 
