@@ -57,6 +57,36 @@ def test_an_unreachable_cluster_exits_3(fake, tmp_path: Path, capsys: pytest.Cap
     assert f"cannot reach the Ray dashboard at {closed}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["--connect-timeout", "2.5", "status"], ["status", "--connect-timeout", "2.5"]])
+def test_the_connect_timeout_goes_before_or_after_the_subcommand(argv: list[str]) -> None:
+    assert parser().parse_args(argv).connect_timeout == 2.5
+    assert parser().parse_args(["status"]).connect_timeout == 5
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf"])
+def test_a_connect_timeout_is_seconds_above_0(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        parser().parse_args(["status", "--connect-timeout", value])
+    assert caught.value.code == 2 and "give a number of seconds above 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["status"], ["down"], ["logs", "Echo"], ["openapi"], ["metrics"], []])
+def test_every_command_that_reads_a_dead_gcs_address_exits_3_at_once(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    from modelserve.node import free_port
+
+    dead = f"127.0.0.1:{free_port()}"
+    conf = write_conf(make_project(tmp_path), {"address": dead}, ECHO)
+    assert main([*command, "-c", str(conf)]) == 3  # an apply validates first (Ray's schema: once)
+    began = time.monotonic()
+    assert main([*command, "-c", str(conf)]) == 3
+    assert time.monotonic() - began < 3
+    assert f"cannot reach the Ray cluster at {dead}: nothing accepts connections there" in capsys.readouterr().err
+
+
 def test_status_without_any_cluster_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from modelserve.node import free_port
 
