@@ -22,6 +22,7 @@ from modelserve import plan, stages, status, traffic
 from modelserve.apply import (
     ERRORS_FILE,
     apply,
+    carried,
     running_configs,
     validated,
     validated_once,
@@ -208,18 +209,18 @@ def cmd_down(args: argparse.Namespace) -> int:
         return 0
     cluster = _connected(args, dashboard)
     details = cluster.details()
-    running = running_configs(details)
-    keep = stages.others(running, args.stage)  # other stages' apps stay
-    apps = [name for name in running if name not in keep]
-    http = details.get("http_options") or {}
-    if keep:
-        options = {"http_options": {"host": http.get("host"), "port": http.get("port")}, "proxy_location": "EveryNode"}
-        cluster.apply({**options, "applications": list(keep.values())})
-    else:
-        cluster.apply({"applications": []})
-    wait(cluster, [], apps, timeout_s)
+    apps = stages.deployed(details, args.stage)
     where = f"stage {args.stage!r} of " if args.stage else ""
-    print(f"removed {len([a for a in apps if not traffic.is_ours(a)])} section(s) from {where}{dashboard}")
+    if apps:
+        keep = carried(details, args.stage)  # other stages' apps stay
+        http = details.get("http_options") or {}
+        options = {"http_options": {"host": http.get("host"), "port": http.get("port")}, "proxy_location": "EveryNode"}
+        cluster.apply({**options, "applications": list(keep.values())} if keep else {"applications": []})
+        wait(cluster, [], apps, timeout_s)
+        print(f"removed {len([a for a in apps if not traffic.is_ours(a)])} section(s) from {where}{dashboard}")
+    else:
+        keep = stages.others(running_configs(details), args.stage)
+        print(f"nothing is deployed on {where}{dashboard}; nothing to remove")
     staying = sorted({stages.stage_of(name) for name in keep} - {stages.PRODUCTION})
     if staying:
         print(f"stage(s) {', '.join(staying)} keep running (`controller.py down --stage NAME` removes one)")

@@ -43,7 +43,7 @@ def healthy(route: str = "/echo", replicas: int = 1) -> dict:
     return {
         "status": "RUNNING",
         "route_prefix": route,
-        "deployed_app_config": {"args": {"section": "algopkg.Echo"}},
+        "deployed_app_config": {"import_path": "modelserve.app:build", "args": {"section": "algopkg.Echo"}},
         "deployments": {"Echo": {"status": "HEALTHY", "replicas": running, "target_num_replicas": replicas}},
     }
 
@@ -146,10 +146,10 @@ def test_status_and_down_work_from_the_last_apply_when_conf_ini_is_unusable(
     captured = capsys.readouterr()
     assert "acting on the cluster of the last apply" in captured.err and fake.url in captured.err
     assert re.search(r"algopkg.Echo\s+http://127.0.0.1:8123/echo\s+1/1\s+HEALTHY", captured.out)
-    fake.details["applications"] = {}
+    fake.on_deploy = lambda config: fake.details.update(applications={})  # the cluster removes what it is told to
     assert main(["down", "-c", str(conf)]) == 0
     assert fake.deployed[-1] == {"applications": []}
-    assert f"removed 0 section(s) from {fake.url}" in capsys.readouterr().out
+    assert f"removed 1 section(s) from {fake.url}" in capsys.readouterr().out
 
 
 def test_a_broken_conf_ini_without_a_last_apply_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -179,7 +179,7 @@ def test_a_section_that_fails_its_update_gets_its_last_good_configuration_back(
     fake, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     good = healthy(replicas=2)
-    good["deployed_app_config"] = {"name": "Echo", "route_prefix": "/echo", "args": {"section": "algopkg.Echo"}}
+    good["deployed_app_config"] = {**good["deployed_app_config"], "name": "Echo", "route_prefix": "/echo"}
     fake.details["applications"] = {"Echo": good}
     traceback = (
         'Traceback (most recent call last):\n  File "backend.py", line 9, in reconfigure\n'
