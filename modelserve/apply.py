@@ -21,7 +21,7 @@ from typing import Any
 import requests
 
 from modelserve import plan, stages, status
-from modelserve.cluster import Cluster
+from modelserve.cluster import Cluster, ClusterError
 from modelserve.config import ConfigError
 from modelserve.envelope import REPLICA_HEADER
 from modelserve.fit import fit_problems
@@ -95,8 +95,32 @@ def validated_once(config: Config, desired: dict[str, Any], state_dir: Path) -> 
 
 
 def running_configs(details: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """`{name: deployed_app_config}` of the applications Serve could be given again as they run. Ray
+    reports no config for an app being deleted (nor for one deployed with `serve.run`): such an app is
+    left out, never sent without its `import_path`. A failed app keeps the config it failed with."""
     apps = details.get("applications") or {}
-    return {name: app.get("deployed_app_config") or {} for name, app in apps.items()}
+    configs = {name: app.get("deployed_app_config") or {} for name, app in apps.items()}
+    return {name: config for name, config in configs.items() if config.get("import_path")}
+
+
+def carried(details: Mapping[str, Any], stage: str) -> dict[str, dict[str, Any]]:
+    """The other stages' applications, as they run: an apply or `down` of `stage` sends them again so
+    they stay. One being deleted is left out (its deletion goes on); one that is not, yet has no config
+    to send, could not stay: a ClusterError before anything is sent."""
+    keep = stages.others(running_configs(details), stage)
+    apps = details.get("applications") or {}
+    stuck = [
+        f"{name} ({app.get('status')})"
+        for name, app in apps.items()
+        if stages.stage_of(name) != stage and name not in keep and app.get("status") != "DELETING"
+    ]
+    if stuck:
+        raise ClusterError(
+            f"the cluster reports no configuration for {', '.join(stuck)}, so this apply could not keep "
+            "it running; nothing was changed. Retry once it has settled; one deployed other than from "
+            "conf.ini (serve.run) must be removed first"
+        )
+    return keep
 
 
 def warn_about_http_options(config: Config, details: Mapping[str, Any]) -> None:
@@ -184,7 +208,7 @@ def apply(
     phases.mark("upload packages (skipped if there)")
     # Ray's schema passed this plan with stand-in artifacts (cli.cmd_apply); the real ones differ
     # only in the URIs Ray's upload made, file digests and requirement lines.
-    keep = stages.others(running_configs(before), stage)  # other stages' apps, as they run
+    keep = carried(before, stage)  # other stages' apps, as they run
     previous = {name: app for name, app in running_configs(before).items() if name not in keep}
     desired = plan.deploy_config(config, artifacts, plan.route_owners(previous))
     changes = plan.diff(desired, previous)

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -21,13 +22,14 @@ from modelserve import plan, stages, status, traffic
 from modelserve.apply import (
     ERRORS_FILE,
     apply,
+    carried,
     running_configs,
     validated,
     validated_once,
     wait,
     warn_about_http_options,
 )
-from modelserve.cluster import Cluster, ClusterError, resolve_dashboard, stop_local_head
+from modelserve.cluster import CONNECT_TIMEOUT_S, Cluster, ClusterError, resolve_dashboard, stop_local_head
 from modelserve.config import ConfigError, load_config
 from modelserve.fit import ClusterResources, fit_problems
 from modelserve.settings import PACKAGE_PREFIX, Config
@@ -52,6 +54,17 @@ UPLOADS = "uploads.json"
 def _config(args: argparse.Namespace) -> Config:
     """conf.ini as `--stage` serves it (production without one)."""
     return stages.staged(load_config(args.config), args.stage)
+
+
+def _connect_timeout(args: argparse.Namespace) -> float:
+    return float(getattr(args, "connect_timeout", CONNECT_TIMEOUT_S))
+
+
+def _connected(args: argparse.Namespace, dashboard: str, uploads: Path | None = None) -> Cluster:
+    """The cluster behind `dashboard`, once it answers within `--connect-timeout` (else exit 3)."""
+    cluster = Cluster(dashboard, uploads=uploads, connect_timeout_s=_connect_timeout(args))
+    cluster.check_reachable()
+    return cluster
 
 
 def _state_dir(config_path: str) -> Path:
@@ -80,10 +93,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
     state_dir = _state_dir(args.config)
     validated_once(config, plan.deploy_config(config, plan.Artifacts.placeholder(config)), state_dir)
     phases.mark("read and validate conf.ini")
-    dashboard = resolve_dashboard(config.serve, state_dir, start=True)
+    dashboard = resolve_dashboard(config.serve, state_dir, start=True, connect_timeout_s=_connect_timeout(args))
     assert dashboard is not None
+    cluster = _connected(args, dashboard, uploads=state_dir / UPLOADS)
     phases.mark("find (or start) the cluster")
-    cluster = Cluster(dashboard, uploads=state_dir / UPLOADS)
     before = cluster.details()
     phases.mark("read what runs")
     warn_about_http_options(config, before)
@@ -142,7 +155,7 @@ def _target(args: argparse.Namespace) -> tuple[str | None, str, float]:
             file=sys.stderr,
         )
         return str(last["dashboard_url"]), str(last["base_url"]), 300.0
-    dashboard = resolve_dashboard(config.serve, state_dir, start=False)
+    dashboard = resolve_dashboard(config.serve, state_dir, start=False, connect_timeout_s=_connect_timeout(args))
     base_url = _base_url(config, dashboard) if dashboard else ""
     return dashboard, base_url, config.serve.deploy_timeout_s
 
@@ -156,7 +169,7 @@ def _running(args: argparse.Namespace) -> tuple[Cluster, str]:
     dashboard, base_url, _ = _target(args)
     if dashboard is None:
         raise NoCluster("no Ray cluster is running; `python controller.py` starts one")
-    return Cluster(dashboard), base_url
+    return _connected(args, dashboard), base_url
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -194,20 +207,20 @@ def cmd_down(args: argparse.Namespace) -> int:
     if dashboard is None:
         print("no Ray cluster is running; nothing to remove")
         return 0
-    cluster = Cluster(dashboard)
+    cluster = _connected(args, dashboard)
     details = cluster.details()
-    running = running_configs(details)
-    keep = stages.others(running, args.stage)  # other stages' apps stay
-    apps = [name for name in running if name not in keep]
-    http = details.get("http_options") or {}
-    if keep:
-        options = {"http_options": {"host": http.get("host"), "port": http.get("port")}, "proxy_location": "EveryNode"}
-        cluster.apply({**options, "applications": list(keep.values())})
-    else:
-        cluster.apply({"applications": []})
-    wait(cluster, [], apps, timeout_s)
+    apps = stages.deployed(details, args.stage)
     where = f"stage {args.stage!r} of " if args.stage else ""
-    print(f"removed {len([a for a in apps if not traffic.is_ours(a)])} section(s) from {where}{dashboard}")
+    if apps:
+        keep = carried(details, args.stage)  # other stages' apps stay
+        http = details.get("http_options") or {}
+        options = {"http_options": {"host": http.get("host"), "port": http.get("port")}, "proxy_location": "EveryNode"}
+        cluster.apply({**options, "applications": list(keep.values())} if keep else {"applications": []})
+        wait(cluster, [], apps, timeout_s)
+        print(f"removed {len([a for a in apps if not traffic.is_ours(a)])} section(s) from {where}{dashboard}")
+    else:
+        keep = stages.others(running_configs(details), args.stage)
+        print(f"nothing is deployed on {where}{dashboard}; nothing to remove")
     staying = sorted({stages.stage_of(name) for name in keep} - {stages.PRODUCTION})
     if staying:
         print(f"stage(s) {', '.join(staying)} keep running (`controller.py down --stage NAME` removes one)")
@@ -355,12 +368,24 @@ def _stage(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r}: give a number of seconds above 0, e.g. 5")
+    return seconds
+
+
 def parser() -> argparse.ArgumentParser:
     config_help = "conf.ini to use (default: conf.ini)"
     main = argparse.ArgumentParser(prog="controller.py", description="Serve algorithm packages as conf.ini says.")
     stage_help = "act on that stage (e.g. grey): routes under /<stage>/, one replica per section"
+    wait_help = f"seconds to wait for the cluster to answer before exit 3 (default {CONNECT_TIMEOUT_S:g})"
     main.add_argument("-c", "--config", default="conf.ini", help=config_help)
     main.add_argument("--stage", default="", type=_stage, help=stage_help)
+    main.add_argument("--connect-timeout", default=CONNECT_TIMEOUT_S, type=_seconds, metavar="S", help=wait_help)
     main.set_defaults(func=cmd_apply, command="apply")
     sub = main.add_subparsers(metavar="{apply,check,status,down,logs,openapi,metrics,bench}")
 
@@ -368,6 +393,7 @@ def parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("-c", "--config", default=argparse.SUPPRESS, help=config_help)
         cmd.add_argument("--stage", default=argparse.SUPPRESS, type=_stage, help=stage_help)
+        cmd.add_argument("--connect-timeout", default=argparse.SUPPRESS, type=_seconds, metavar="S", help=wait_help)
         cmd.set_defaults(func=func, command=name)
         return cmd
 
@@ -414,6 +440,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NoCluster as exc:
         print(exc, file=sys.stderr)
         return EXIT_CLUSTER
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     except BrokenPipeError:  # `controller.py status | head -1`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_UNHEALTHY

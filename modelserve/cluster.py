@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
+import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -168,32 +169,92 @@ def stop_local_head(state_dir: Path) -> bool:
     return True
 
 
-def _dashboard_from_gcs(gcs_address: str) -> str:
-    """The dashboard URL of a cluster known by its GCS address (joins briefly as a driver)."""
-    import ray
+#: How long a command waits for a cluster to answer before it gives up (exit 3): `--connect-timeout`.
+CONNECT_TIMEOUT_S = 10.0
+#: What a Python process takes to start and import Ray's core, on top of the wait itself.
+_CHILD_START_S = 3.0
 
-    use_token_if_available()  # before ray.init: a token given only as RAY_AUTH_TOKEN must be used
+
+def _waited(timeout_s: float) -> str:
+    return f"waited {timeout_s:g} s; --connect-timeout S waits longer"
+
+
+def _accepts_connections(gcs_address: str, timeout_s: float) -> None:
+    """A TCP connect to the GCS port: a cluster that is down answers this at once, with no Ray code."""
+    host, _, port = gcs_address.rpartition(":")
     try:
-        context = ray.init(address=gcs_address, log_to_driver=False, logging_level=logging.ERROR)
-        url = context.dashboard_url
-    except Exception as exc:
-        raise ClusterError(f"cannot connect to the Ray cluster at {gcs_address}: {exc}") from exc
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return
+    except ValueError:
+        raise ClusterError(f"the Ray address {gcs_address!r} is not host:port, e.g. head:6379") from None
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ClusterError(
+            f"cannot reach the Ray cluster at {gcs_address}: nothing accepts connections there ({reason}; "
+            f"{_waited(timeout_s)}). Check that the cluster's head runs and that [MODEL SERVE] address "
+            "(or RAY_ADDRESS) names its GCS address"
+        ) from None
+
+
+@contextlib.contextmanager
+def _terminate_raises() -> Iterator[None]:
+    """SIGTERM raises SystemExit while inside (in the main thread), so a child we wait on is stopped too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
     finally:
-        ray.shutdown()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _dashboard_from_gcs(gcs_address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> str:
+    """The dashboard URL of a cluster known by its GCS address, within about `timeout_s`: a TCP connect
+    first, then Ray's GCS client in a child process that is killed at the deadline, or with us on
+    SIGINT or SIGTERM (`ray.init` retried for minutes here, deaf to both)."""
+    _accepts_connections(gcs_address, timeout_s)
+    use_token_if_available()  # the child reads RAY_AUTH_MODE from the environment it inherits
+    command = raycompat.dashboard_from_gcs_command(gcs_address, timeout_s)
+    try:
+        with _terminate_raises():
+            done = subprocess.run(
+                command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout_s + _CHILD_START_S
+            )
+    except subprocess.TimeoutExpired:
+        raise ClusterError(
+            f"the Ray cluster at {gcs_address} did not answer: its port accepts connections, but no Ray GCS "
+            f"answered there ({_waited(timeout_s)}). Check that [MODEL SERVE] address (or RAY_ADDRESS) names "
+            "the head's GCS port (6379 unless RAY_GCS_PORT says otherwise)"
+        ) from None
+    try:
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        answer = {"error": (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]}
+    if "error" in answer:
+        raise ClusterError(f"cannot connect to the Ray cluster at {gcs_address}: {answer['error']}")
+    url = str(answer.get("dashboard") or "")
     if not url:
         raise ClusterError(f"the Ray cluster at {gcs_address} runs no dashboard; start its head with one")
     return url if "://" in url else f"http://{url}"
 
 
-def resolve_dashboard(settings: ServeSettings, state_dir: Path, start: bool) -> str | None:
-    """Where the cluster's dashboard is, per `[MODEL SERVE] address`; starts a head if allowed."""
+def resolve_dashboard(
+    settings: ServeSettings, state_dir: Path, start: bool, connect_timeout_s: float = CONNECT_TIMEOUT_S
+) -> str | None:
+    """Where the cluster's dashboard is, per `[MODEL SERVE] address`; starts a head if allowed. A GCS
+    address that does not answer within `connect_timeout_s` is a ClusterError."""
     address = settings.address
     if address == "auto":
         address = os.environ.get("RAY_ADDRESS", "") or "local"
     if address.startswith(("http://", "https://")):
         return address.rstrip("/")
     if address != "local":
-        return _dashboard_from_gcs(address)
+        return _dashboard_from_gcs(address, connect_timeout_s)
     head = read_local_head(state_dir)
     if head is not None:
         return head.dashboard_url
@@ -214,11 +275,28 @@ class Cluster:
 
     SERVE_API = "/api/serve/applications/"
 
-    def __init__(self, dashboard_url: str, uploads: Path | None = None) -> None:
+    def __init__(
+        self, dashboard_url: str, uploads: Path | None = None, connect_timeout_s: float = CONNECT_TIMEOUT_S
+    ) -> None:
         self.dashboard_url = dashboard_url
+        self.connect_timeout_s = connect_timeout_s
         self._headers = raycompat.auth_headers()
         self._client: Any = None
         self._uploads = uploads
+
+    def check_reachable(self) -> None:
+        """A ClusterError, naming the dashboard and what to check, unless it answers within the connect timeout."""
+        try:
+            requests.get(f"{self.dashboard_url}/api/version", headers=self._headers, timeout=self.connect_timeout_s)
+        except requests.RequestException as exc:
+            errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(exc))
+            reason = "no answer" if isinstance(exc, requests.Timeout) else errno[1] if errno else type(exc).__name__
+            waited = _waited(self.connect_timeout_s)
+            raise ClusterError(
+                f"cannot reach the Ray dashboard at {self.dashboard_url} ({reason}; {waited}). "
+                "Check that the cluster runs and that [MODEL SERVE] address (or RAY_ADDRESS, or the last apply's "
+                "record in .modelserve/) points at its dashboard"
+            ) from None
 
     def upload(self, staged_dir: Path) -> str:
         """Upload a directory as a py_module (skipped when that content is there already)."""
@@ -270,7 +348,9 @@ class Cluster:
         other than `ok` (None: any answer)."""
         url = f"{self.dashboard_url}{path}"
         try:
-            reply = requests.request(method, url, json=body, headers=self._headers, timeout=60)
+            reply = requests.request(
+                method, url, json=body, headers=self._headers, timeout=(self.connect_timeout_s, 60)
+            )
         except requests.RequestException as exc:
             raise ClusterError(f"cannot reach the Ray dashboard at {self.dashboard_url}: {exc}") from exc
         if reply.status_code in (401, 403):

@@ -148,6 +148,33 @@ def auth_headers(env: Mapping[str, str] | None = None) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"} if token else {}
 
 
+#: Where a head records its dashboard's `host:port` in its GCS (ray/_private/node.py; what `ray.init`
+#: reports as `dashboard_url`): a key of the GCS's key-value store, in the dashboard's namespace.
+DASHBOARD_KV_KEY = b"webui:url"
+DASHBOARD_KV_NAMESPACE = b"dashboard"
+
+#: `python -c` this, GCS_ADDRESS, TIMEOUT_S: prints `{"dashboard": "host:port" or ""}` or `{"error": ...}`.
+#: Ray's GCS client, without joining the cluster as a driver. Its channel waits 5 s
+#: (gcs_rpc_server_connect_timeout_s) twice on a port that does not answer gRPC, whatever the
+#: timeout, in C++ that no signal interrupts: hence a child process, which the caller stops.
+_DASHBOARD_FROM_GCS = f"""
+import json, sys
+from ray._raylet import InnerGcsClient
+address, timeout_s = sys.argv[1], float(sys.argv[2])
+try:
+    client = InnerGcsClient.standalone(address, None, int(timeout_s * 1000))
+    value = client.internal_kv_get({DASHBOARD_KV_KEY!r}, {DASHBOARD_KV_NAMESPACE!r}, timeout=timeout_s)
+    print(json.dumps({{"dashboard": (value or b"").decode()}}))
+except Exception as exc:
+    print(json.dumps({{"error": f"{{type(exc).__name__}}: {{exc}}"}}))
+"""
+
+
+def dashboard_from_gcs_command(gcs_address: str, timeout_s: float) -> list[str]:
+    """The command that reads a cluster's dashboard address from its GCS (see _DASHBOARD_FROM_GCS)."""
+    return [sys.executable, "-c", _DASHBOARD_FROM_GCS, gcs_address, str(timeout_s)]
+
+
 def submission_client(dashboard_url: str) -> Any:
     """The dashboard's Serve REST client (`serve deploy` uses it)."""
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient

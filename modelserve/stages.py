@@ -9,6 +9,7 @@ applications as they run: a production apply never touches a stage, nor the reve
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -50,3 +51,9 @@ def stage_of(app_name: str) -> str:
 def others(running: dict[str, dict[str, Any]], stage: str) -> dict[str, dict[str, Any]]:
     """The running applications of every other stage: an apply of `stage` carries them as they are."""
     return {name: app for name, app in running.items() if stage_of(name) != stage}
+
+
+def deployed(details: Mapping[str, Any], stage: str) -> list[str]:
+    """The applications of `stage` on the cluster (Serve's details), those being deleted left out."""
+    apps = details.get("applications") or {}
+    return [name for name, app in apps.items() if stage_of(name) == stage and app.get("status") != "DELETING"]

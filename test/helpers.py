@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,7 @@ class TestCluster:
     dashboard_url: str
     http_port: int
     temp_dir: str
+    gcs_address: str = ""
 
     @property
     def base_url(self) -> str:
@@ -236,7 +238,8 @@ def start_test_cluster(num_cpus: int = 2, num_gpus: int = 0, ingress: str = "fas
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=REPO, start_new_session=True
         )
-    cluster = TestCluster(proc, f"http://127.0.0.1:{spec.dashboard_port}", late_port(), temp_dir)
+    dashboard_url, gcs_address = f"http://127.0.0.1:{spec.dashboard_port}", f"127.0.0.1:{spec.gcs_port}"
+    cluster = TestCluster(proc, dashboard_url, late_port(), temp_dir, gcs_address)
     try:
         wait_for(lambda: proc.poll() is not None or dashboard_answers(cluster.dashboard_url), 90, "the Ray head")
         if proc.poll() is not None:
@@ -367,3 +370,12 @@ def user_env(changes: Mapping[str, str | None] | None = None) -> dict[str, str]:
         else:
             env[key] = value
     return env
+
+
+@contextlib.contextmanager
+def silent_port() -> Iterator[int]:
+    """A loopback port that accepts TCP connections and never answers: no GCS, no HTTP behind it."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)  # the kernel completes the handshakes; nothing ever reads
+        yield server.getsockname()[1]

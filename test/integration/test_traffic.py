@@ -220,6 +220,36 @@ replicas = 1-3
 """
 
 
+def test_a_grey_stage_applies_while_a_removed_mirror_is_being_deleted(
+    conf: Path, project: Path, cluster: TestCluster
+) -> None:
+    """Issue 19 (6): a route shared 90/10, then 50/50; a mirror added, replaced by one that fails every
+    request, then removed with the route at 50/50. Ray reports no config for the removed mirror while it
+    is being deleted, and the grey stage applied then carried it without one (HTTP 400, then `down
+    --stage grey` exited 3). Only complete applications are carried; `down` of an empty stage says so."""
+    copy = echo("copy", "copy", "mirror_of = Echo:p")  # a mirror that answers
+    for step in (
+        sections(90, 10, mirror=False),
+        sections(50, 50, mirror=False),
+        (*sections(50, 50, mirror=False), copy),
+        sections(50, 50),  # the copy replaced by the mirror that fails every request
+        sections(50, 50, mirror=False),  # and that one removed
+    ):
+        code, out = apply(project, cluster, *step)
+        assert code == 0, out
+    removed = Cluster(cluster.dashboard_url).details()["applications"].get("Echo:badcopy") or {}
+    assert removed.get("status") == "DELETING" and not removed.get("deployed_app_config"), removed  # the case
+    grey_dir = make_project(project / "grey-after-mirror")
+    code, out = apply(grey_dir, cluster, GREY, args=("--stage", "grey"))
+    assert code == 0 and "new  grey.Echo" in out, out
+    assert call(f"{cluster.base_url}/grey/echo", {}).status == 200
+    for said in ("removed 1 section(s) from stage 'grey'", "nothing is deployed on stage 'grey'"):
+        code, out = controller_in_process("down", "--stage", "grey", "-c", str(grey_dir / "conf.ini"))
+        assert code == 0 and said in out, out
+    code, out = apply(project, cluster, *sections(None, 100))  # where the mirror test left production
+    assert code == 0, out
+
+
 def test_a_grey_stage_beside_a_loaded_production_route(conf: Path, project: Path, cluster: TestCluster) -> None:
     url = f"{cluster.base_url}/primary"  # a fixed replica count: its PIDs show whether production restarted
     production = {call(url, {}).body["result"]["pid"] for _ in range(10)}

@@ -43,7 +43,7 @@ def healthy(route: str = "/echo", replicas: int = 1) -> dict:
     return {
         "status": "RUNNING",
         "route_prefix": route,
-        "deployed_app_config": {"args": {"section": "algopkg.Echo"}},
+        "deployed_app_config": {"import_path": "modelserve.app:build", "args": {"section": "algopkg.Echo"}},
         "deployments": {"Echo": {"status": "HEALTHY", "replicas": running, "target_num_replicas": replicas}},
     }
 
@@ -55,6 +55,36 @@ def test_an_unreachable_cluster_exits_3(fake, tmp_path: Path, capsys: pytest.Cap
     conf = write_conf(make_project(tmp_path), {"address": closed}, ECHO)
     assert main(["status", "-c", str(conf)]) == 3
     assert f"cannot reach the Ray dashboard at {closed}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--connect-timeout", "2.5", "status"], ["status", "--connect-timeout", "2.5"]])
+def test_the_connect_timeout_goes_before_or_after_the_subcommand(argv: list[str]) -> None:
+    assert parser().parse_args(argv).connect_timeout == 2.5
+    assert parser().parse_args(["status"]).connect_timeout == 10
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf"])
+def test_a_connect_timeout_is_seconds_above_0(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        parser().parse_args(["status", "--connect-timeout", value])
+    assert caught.value.code == 2 and "give a number of seconds above 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["status"], ["down"], ["logs", "Echo"], ["openapi"], ["metrics"], []])
+def test_every_command_that_reads_a_dead_gcs_address_exits_3_at_once(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    from modelserve.node import free_port
+
+    dead = f"127.0.0.1:{free_port()}"
+    conf = write_conf(make_project(tmp_path), {"address": dead}, ECHO)
+    assert main([*command, "-c", str(conf)]) == 3  # an apply validates first (Ray's schema: once)
+    began = time.monotonic()
+    assert main([*command, "-c", str(conf)]) == 3
+    assert time.monotonic() - began < 3
+    assert f"cannot reach the Ray cluster at {dead}: nothing accepts connections there" in capsys.readouterr().err
 
 
 def test_status_without_any_cluster_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -116,10 +146,10 @@ def test_status_and_down_work_from_the_last_apply_when_conf_ini_is_unusable(
     captured = capsys.readouterr()
     assert "acting on the cluster of the last apply" in captured.err and fake.url in captured.err
     assert re.search(r"algopkg.Echo\s+http://127.0.0.1:8123/echo\s+1/1\s+HEALTHY", captured.out)
-    fake.details["applications"] = {}
+    fake.on_deploy = lambda config: fake.details.update(applications={})  # the cluster removes what it is told to
     assert main(["down", "-c", str(conf)]) == 0
     assert fake.deployed[-1] == {"applications": []}
-    assert f"removed 0 section(s) from {fake.url}" in capsys.readouterr().out
+    assert f"removed 1 section(s) from {fake.url}" in capsys.readouterr().out
 
 
 def test_a_broken_conf_ini_without_a_last_apply_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -149,7 +179,7 @@ def test_a_section_that_fails_its_update_gets_its_last_good_configuration_back(
     fake, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     good = healthy(replicas=2)
-    good["deployed_app_config"] = {"name": "Echo", "route_prefix": "/echo", "args": {"section": "algopkg.Echo"}}
+    good["deployed_app_config"] = {**good["deployed_app_config"], "name": "Echo", "route_prefix": "/echo"}
     fake.details["applications"] = {"Echo": good}
     traceback = (
         'Traceback (most recent call last):\n  File "backend.py", line 9, in reconfigure\n'

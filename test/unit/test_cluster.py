@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import silent_port
 
 from modelserve import cluster
 from modelserve.node import free_port
@@ -79,3 +80,35 @@ def test_the_token_is_used_when_one_exists(tmp_path: Path, monkeypatch: pytest.M
     assert cluster.use_token_if_available() is True and os.environ["RAY_AUTH_MODE"] == "token"
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     assert cluster.use_token_if_available() is False
+
+
+def test_a_gcs_address_where_nothing_listens_fails_at_once(tmp_path: Path) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    began = time.monotonic()
+    with pytest.raises(cluster.ClusterError) as caught:
+        cluster.resolve_dashboard(settings(address=dead), tmp_path, start=False, connect_timeout_s=3)
+    assert time.monotonic() - began < 2  # a TCP connect refused: no Ray code runs
+    message = str(caught.value)
+    assert f"cannot reach the Ray cluster at {dead}: nothing accepts connections there" in message
+    assert "--connect-timeout" in message and "[MODEL SERVE] address" in message
+
+
+def test_a_gcs_port_that_never_answers_fails_within_the_timeout(tmp_path: Path) -> None:
+    """The port accepts TCP but no gRPC answers: Ray's GCS client (in a child process, killed at the
+    deadline) would wait 10 s or more by itself."""
+    with silent_port() as port:
+        began = time.monotonic()
+        with pytest.raises(cluster.ClusterError, match=f"the Ray cluster at 127.0.0.1:{port} did not answer"):
+            cluster.resolve_dashboard(settings(address=f"127.0.0.1:{port}"), tmp_path, start=False, connect_timeout_s=1)
+        took = time.monotonic() - began
+    print(f"a silent GCS port: gave up after {took:.1f} s (connect timeout 1 s)")
+    assert took < 1 + cluster._CHILD_START_S + 2
+
+
+def test_a_dashboard_that_never_answers_fails_within_the_timeout() -> None:
+    with silent_port() as port:
+        began = time.monotonic()
+        with pytest.raises(cluster.ClusterError) as caught:
+            cluster.Cluster(f"http://127.0.0.1:{port}", connect_timeout_s=1).check_reachable()
+        assert time.monotonic() - began < 3
+    assert f"cannot reach the Ray dashboard at http://127.0.0.1:{port} (no answer; waited 1 s" in str(caught.value)

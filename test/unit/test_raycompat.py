@@ -7,6 +7,7 @@ would silently cost throughput or make ports collide after an upgrade.
 import inspect
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,21 @@ def test_the_serve_rest_paths_we_call_are_ray_s() -> None:
     from modelserve.cluster import Cluster
 
     assert sdk.DEPLOY_PATH == sdk.STATUS_PATH == sdk.DELETE_PATH == Cluster.SERVE_API
+
+
+def test_the_dashboard_address_is_read_from_the_gcs_where_ray_s_head_writes_it() -> None:
+    """The GCS client calls and the key-value key `dashboard_from_gcs_command` runs (a head writes its
+    dashboard's address there; `ray.init` reads it back as `dashboard_url`)."""
+    from ray._private import ray_constants
+    from ray._raylet import InnerGcsClient
+
+    node = (RAY_DIR / "_private" / "node.py").read_text()
+    services = (RAY_DIR / "_private" / "services.py").read_text()
+    key = raycompat.DASHBOARD_KV_KEY.decode()
+    assert f'b"{key}"' in node and f'"{key}"' in services
+    assert ray_constants.KV_NAMESPACE_DASHBOARD == raycompat.DASHBOARD_KV_NAMESPACE
+    assert "timeout_ms" in (InnerGcsClient.standalone.__doc__ or "")
+    assert "namespace=None, timeout=None" in (InnerGcsClient.internal_kv_get.__doc__ or "")
+    command = raycompat.dashboard_from_gcs_command("127.0.0.1:1", 0.5)
+    assert command[:2] == [sys.executable, "-c"] and command[-2:] == ["127.0.0.1:1", "0.5"]
+    compile(command[2], "<dashboard_from_gcs>", "exec")
