@@ -40,6 +40,9 @@ NODE_ENV: dict[str, str] = {
     "MODELSERVE_WORKER_HTTP_PORT": "worker: HTTP port of its ingress when it shares a host with the head",
     f"{raycompat.AUTH_TOKEN} / {raycompat.AUTH_TOKEN_PATH}": "the cluster's token; the head creates one if none exists",
     "RAY_TEMP_DIR": "head: Ray's session directory (default /tmp/ray)",
+    f"{raycompat.FALLBACK_PROXY_HTTP_PORT}, {raycompat.DASHBOARD_METRIC_PORT}, {raycompat.AUTOSCALER_METRIC_PORT}": (
+        "head: ports Ray fixes for every cluster on a host (8500, 44227, 44217); default: chosen per head"
+    ),
 }
 
 
