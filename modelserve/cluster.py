@@ -9,6 +9,7 @@ stops exactly that group, never other clusters on the machine.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -18,7 +19,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import requests
 
 from modelserve import raycompat
 from modelserve.fit import ClusterResources
-from modelserve.node import NodeSpec, ensure_token, free_port, has_token, node_env, ray_start_command
+from modelserve.node import NodeSpec, chosen_ports, ensure_token, free_port, has_token, node_env, ray_start_command
 from modelserve.packaging import tree_digest
 from modelserve.settings import ServeSettings
 
@@ -46,6 +47,8 @@ class LocalHead:
     dashboard_url: str
     gcs_address: str
     log_path: str
+    temp_dir: str = ""
+    ports: dict[str, int] = field(default_factory=dict)  # `ray start` flag or variable -> port
 
     def alive(self) -> bool:
         try:
@@ -57,10 +60,46 @@ class LocalHead:
         return True
 
 
-def _port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex((host, port)) == 0
+def _port_taken(port: int, host: str) -> bool:
+    """Something listens on `port` where a listener on `host` would be (a closed port's
+    TIME_WAIT connections do not count: SO_REUSEADDR)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _holder(port: int) -> str:
+    """Who listens on `port`: `haproxy (pid 123)`, or `another process` where it cannot be seen."""
+    with contextlib.suppress(psutil.Error, OSError):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+                return f"{psutil.Process(conn.pid).name()} (pid {conn.pid})"
+    return "another process"
+
+
+def refuse_taken_ports(settings: ServeSettings) -> None:
+    """A local cluster never shares a port another process or cluster on this host holds:
+    HAProxy and Ray's proxy bind with SO_REUSEPORT, so the kernel would split the connections."""
+    wanted = (("port", settings.port, settings.host), ("dashboard_port", settings.dashboard_port, "127.0.0.1"))
+    problems = [
+        f"[MODEL SERVE] {key} = {port}: port {port} is held by {_holder(port)}, another cluster or program on "
+        f"this host; set `{key}` in conf.ini to a free port, or stop what holds it"
+        for key, port, host in wanted
+        if _port_taken(port, host)
+    ]
+    if problems:
+        raise ClusterError("the local Ray cluster was not started:\n  " + "\n  ".join(problems))
+
+
+def local_temp_dir(state_dir: Path) -> str:
+    """Ray's session directory for the project's own head, never the shared /tmp/ray: short, as
+    Ray's Unix sockets under it must fit in 107 characters."""
+    return f"/tmp/ray-{hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]}"
 
 
 def use_token_if_available() -> bool:
@@ -84,34 +123,34 @@ def dashboard_answers(url: str, timeout_s: float = 1.0) -> bool:
 
 
 def start_local_head(settings: ServeSettings, state_dir: Path, timeout_s: float = 90.0) -> LocalHead:
-    """Start a head node on loopback, with token auth, and wait for its dashboard."""
+    """Start a head node on loopback, with token auth, and wait for its dashboard.
+
+    Its ports are the configured ones (`refuse_taken_ports` first) and others chosen free, its
+    temp dir its own; both are recorded in `.modelserve/cluster.json`."""
     ensure_token(os.environ, create=True)
     use_token_if_available()
     state_dir.mkdir(parents=True, exist_ok=True)
-    if _port_in_use(settings.dashboard_port):
-        raise ClusterError(
-            f"[MODEL SERVE] dashboard_port = {settings.dashboard_port} is taken by something that is not a "
-            "Ray dashboard; choose another port"
-        )
     spec = NodeSpec(
         role="head",
-        gcs_port=6379 if not _port_in_use(6379) else free_port(),
+        gcs_port=free_port(),
         dashboard_port=settings.dashboard_port,
         num_cpus=settings.local_cpus,
         num_gpus=settings.local_gpus,
         ingress=settings.ingress,
+        temp_dir=local_temp_dir(state_dir),
     )
+    cmd, env = ray_start_command(spec), node_env(spec)
     log_path = state_dir / "ray-head.log"
     with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            ray_start_command(spec),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            env=node_env(spec),
-            start_new_session=True,
-        )
-    head = LocalHead(proc.pid, f"http://127.0.0.1:{spec.dashboard_port}", f"127.0.0.1:{spec.gcs_port}", str(log_path))
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True)
+    head = LocalHead(
+        proc.pid,
+        f"http://127.0.0.1:{spec.dashboard_port}",
+        f"127.0.0.1:{spec.gcs_port}",
+        str(log_path),
+        spec.temp_dir,
+        {"http": settings.port, **chosen_ports(cmd, env)},
+    )
     deadline = time.monotonic() + timeout_s
     while not dashboard_answers(head.dashboard_url):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -263,6 +302,7 @@ def resolve_dashboard(
         return default
     if not start:
         return None
+    refuse_taken_ports(settings)
     return start_local_head(settings, state_dir).dashboard_url
 
 

@@ -40,6 +40,9 @@ NODE_ENV: dict[str, str] = {
     "MODELSERVE_WORKER_HTTP_PORT": "worker: HTTP port of its ingress when it shares a host with the head",
     f"{raycompat.AUTH_TOKEN} / {raycompat.AUTH_TOKEN_PATH}": "the cluster's token; the head creates one if none exists",
     "RAY_TEMP_DIR": "head: Ray's session directory (default /tmp/ray)",
+    f"{raycompat.FALLBACK_PROXY_HTTP_PORT}, {raycompat.DASHBOARD_METRIC_PORT}, {raycompat.AUTOSCALER_METRIC_PORT}": (
+        "head: ports Ray fixes for every cluster on a host (8500, 44227, 44217); default: chosen per head"
+    ),
 }
 
 
@@ -69,6 +72,9 @@ _HANDED_OUT: set[int] = set()
 _DIRECT_INGRESS_BLOCKS = range(20000, 28000, 100)
 #: Ports for listeners bound long after they are chosen, below the kernel's ephemeral range.
 _LATE_PORTS = (28000, 32768)
+#: Per-node blocks of workers' gRPC ports, inside Ray's default 10002-19999 (a port something
+#: else holds is skipped by the raylet): clusters sharing a host mostly keep to their own.
+_WORKER_PORT_BLOCKS = range(10002, 19500, 500)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -181,6 +187,8 @@ def ray_start_command(spec: NodeSpec) -> list[str]:
     else:
         cmd.append(f"--address={spec.head_address}")
     cmd += [f"--{flag}={free_port()}" for flag in _INTERNAL_PORT_FLAGS]
+    low = random.choice(_WORKER_PORT_BLOCKS)
+    cmd += [f"--min-worker-port={low}", f"--max-worker-port={low + 499}"]
     if spec.num_cpus is not None:
         cmd.append(f"--num-cpus={spec.num_cpus}")
     if spec.num_gpus is not None:
@@ -207,9 +215,21 @@ def node_env(spec: NodeSpec, base: Mapping[str, str] | None = None) -> dict[str,
     # HAProxy's update latency and cuts a roll-out's wait by 25 s (bench/RESULTS.md).
     for key, value in raycompat.draining_env(DRAIN_S).items():
         env.setdefault(key, value)
+    if spec.role == "head":
+        # Ports Ray fixes for every cluster on a host (the fallback proxy behind HAProxy, 8500,
+        # shared through SO_REUSEPORT; the Prometheus pages, 44227 and 44217): one per head.
+        for key, value in raycompat.host_ports_env(late_port(), late_port(), late_port(), late_port()).items():
+            env.setdefault(key, value)
     if spec.role == "worker" and spec.worker_http_port:
         env[raycompat.WORKER_PROXY_HTTP_PORT] = str(spec.worker_http_port)
     return env
+
+
+def chosen_ports(cmd: list[str], env: Mapping[str, str]) -> dict[str, int]:
+    """Every port a node is told to use, by its `ray start` flag or environment variable."""
+    flags = dict(arg[2:].split("=", 1) for arg in cmd if arg.startswith("--") and "=" in arg)
+    ports = {flag: int(value) for flag, value in flags.items() if flag == "port" or flag.endswith("-port")}
+    return ports | {name: int(env[name]) for name in raycompat.PORT_ENV if env.get(name, "").isdigit()}
 
 
 def token_path(env: Mapping[str, str]) -> Path:

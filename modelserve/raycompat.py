@@ -34,6 +34,15 @@ THROUGHPUT_OPTIMIZED = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
 DIRECT_INGRESS_MIN_DRAINING_PERIOD_S = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
 PROXY_MIN_DRAINING_PERIOD_S = "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S"
 RUN_ROUTER_IN_SEPARATE_LOOP = "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"
+# The head's fallback proxy: HAProxy's backup server on every route (proxy_state.py). Ray's
+# default, 8500, is bound with SO_REUSEPORT: two clusters on a host would share its connections.
+FALLBACK_PROXY_HTTP_PORT = "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"
+FALLBACK_PROXY_GRPC_PORT = "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"
+
+# Ray core: the head's Prometheus pages, fixed ports unless set (ray/dashboard/consts.py,
+# ray/autoscaler/_private/constants.py). The second cluster on a host would fail to bind them.
+DASHBOARD_METRIC_PORT = "DASHBOARD_METRIC_PORT"
+AUTOSCALER_METRIC_PORT = "AUTOSCALER_METRIC_PORT"
 
 
 def _direct_ingress_port(bound: str, kind: str) -> str:
@@ -52,6 +61,19 @@ SERVE_FLAGS: tuple[str, ...] = (
     DIRECT_INGRESS_MIN_DRAINING_PERIOD_S,
     PROXY_MIN_DRAINING_PERIOD_S,
     RUN_ROUTER_IN_SEPARATE_LOOP,
+    FALLBACK_PROXY_HTTP_PORT,
+    FALLBACK_PROXY_GRPC_PORT,
+    *(_direct_ingress_port(b, k) for b in ("MIN", "MAX") for k in ("HTTP", "GRPC")),
+)
+#: Variables that set a port a node listens on.
+PORT_ENV: tuple[str, ...] = (
+    HAPROXY_STATS_PORT,
+    HAPROXY_METRICS_PORT,
+    WORKER_PROXY_HTTP_PORT,
+    FALLBACK_PROXY_HTTP_PORT,
+    FALLBACK_PROXY_GRPC_PORT,
+    DASHBOARD_METRIC_PORT,
+    AUTOSCALER_METRIC_PORT,
     *(_direct_ingress_port(b, k) for b in ("MIN", "MAX") for k in ("HTTP", "GRPC")),
 )
 #: Flags that choose a cluster, its auth or its ingress: never inherited by a server we start for comparison.
@@ -83,6 +105,19 @@ def fast_ingress_env(stats_port: int, metrics_port: int, direct_port_base: int) 
         env[_direct_ingress_port("MIN", kind)] = str(direct_port_base + offset)
         env[_direct_ingress_port("MAX", kind)] = str(direct_port_base + offset + 99)
     return env
+
+
+def host_ports_env(
+    fallback_http: int, fallback_grpc: int, dashboard_metrics: int, autoscaler_metrics: int
+) -> dict[str, str]:
+    """The ports Ray 2.60 otherwise fixes for every cluster on a host: the fallback proxy's (8500,
+    9500), the dashboard's and the autoscaler's Prometheus pages (44227, 44217)."""
+    return {
+        FALLBACK_PROXY_HTTP_PORT: str(fallback_http),
+        FALLBACK_PROXY_GRPC_PORT: str(fallback_grpc),
+        DASHBOARD_METRIC_PORT: str(dashboard_metrics),
+        AUTOSCALER_METRIC_PORT: str(autoscaler_metrics),
+    }
 
 
 def draining_env(seconds: int) -> dict[str, str]:

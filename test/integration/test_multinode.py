@@ -277,11 +277,6 @@ def raylet_ports(nodes: TwoNodes) -> dict[str, set[int]]:
     return ports
 
 
-#: Prometheus pages Ray 2.60's head serves on all interfaces at fixed ports (the dashboard's
-#: DASHBOARD_METRIC_PORT, the autoscaler monitor's AUTOSCALER_METRIC_PORT).
-DASHBOARD_METRICS_PORT, AUTOSCALER_METRICS_PORT = 44227, 44217
-
-
 def known_public(nodes: TwoNodes, role: str, raylet: set[int]) -> dict[tuple[str, int], str]:
     """(process, port) -> what it is, for every listener a node may open beyond loopback."""
     flags, ports = start_flags(node_pid(nodes, role)), nodes.ports[role]
@@ -295,11 +290,14 @@ def known_public(nodes: TwoNodes, role: str, raylet: set[int]) -> dict[tuple[str
         ("haproxy", ports.metrics): "HAProxy Prometheus page",
     }
     if role == "head":
+        # Prometheus pages Ray 2.60's head serves on all interfaces, at ports Ray fixes for every
+        # cluster on a host (44227, 44217) unless told: `modelserve.node` chooses them per head.
+        environ = psutil.Process(node_pid(nodes, role)).environ()
         known |= {
             ("gcs_server", int(flags["port"])): "GCS",
             ("ray.util.client.server", int(flags["ray-client-server-port"])): "Ray Client server",
-            ("dashboard.py", DASHBOARD_METRICS_PORT): "dashboard: Prometheus page",
-            ("monitor.py", AUTOSCALER_METRICS_PORT): "autoscaler: Prometheus page",
+            ("dashboard.py", int(environ[raycompat.DASHBOARD_METRIC_PORT])): "dashboard: Prometheus page",
+            ("monitor.py", int(environ[raycompat.AUTOSCALER_METRIC_PORT])): "autoscaler: Prometheus page",
         }
     return known
 
@@ -358,6 +356,9 @@ def test_what_listens_where(nodes: TwoNodes, conf: Path) -> None:
         assert {(f.name, f.ip) for f in found if f.port == http_ports[role]} == {("haproxy", "127.0.0.1")}
         if role == "head":
             assert {f.ip for f in found if f.port == dashboard_port} == {"127.0.0.1"}
+            # The fallback proxy (HAProxy's backup server) on the head's own port, not Ray's 8500.
+            fallback = int(environ[raycompat.FALLBACK_PROXY_HTTP_PORT])
+            assert fallback != 8500 and {f.ip for f in found if f.port == fallback} == {"127.0.0.1"}, fallback
         # Each replica serves HAProxy on one port of the block, on loopback only.
         direct = [f for f in found if f.port in block]
         replicas = {f.pid for f in found if f.name.startswith("ray::ServeReplica:")}

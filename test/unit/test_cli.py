@@ -1,4 +1,5 @@
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -6,6 +7,7 @@ from helpers import make_project, write_conf
 
 from modelserve.cli import cmd_apply, main, parser
 from modelserve.config import ConfigError
+from modelserve.node import free_port
 
 
 @pytest.mark.parametrize(
@@ -85,6 +87,22 @@ def test_every_command_that_reads_a_dead_gcs_address_exits_3_at_once(
     assert main([*command, "-c", str(conf)]) == 3
     assert time.monotonic() - began < 3
     assert f"cannot reach the Ray cluster at {dead}: nothing accepts connections there" in capsys.readouterr().err
+
+
+def test_apply_refuses_to_start_a_local_cluster_on_a_held_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Checked before anything starts (the unit tier forbids starting Ray): exit 3, the key named."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        serve = {"address": "local", "port": port, "dashboard_port": free_port()}
+        conf = write_conf(make_project(tmp_path), serve, ECHO)
+        assert main(["-c", str(conf)]) == 3
+    err = capsys.readouterr().err
+    assert f"[MODEL SERVE] port = {port}: port {port} is held by python" in err, err
+    assert "set `port` in conf.ini to a free port" in err and not (tmp_path / ".modelserve" / "cluster.json").exists()
 
 
 def test_status_without_any_cluster_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +34,41 @@ def test_local_without_a_cluster_is_none_unless_it_may_start_one(tmp_path: Path)
     assert cluster.resolve_dashboard(local, tmp_path, start=False) is None
     with pytest.raises(AssertionError, match="must not start"):  # the unit tier forbids starting Ray
         cluster.resolve_dashboard(local, tmp_path, start=True)
+
+
+def test_held_ports_are_named_with_their_key_and_holder() -> None:
+    with socket.socket() as http, socket.socket() as dashboard:
+        for sock in (http, dashboard):
+            sock.bind(("0.0.0.0" if sock is http else "127.0.0.1", 0))
+            sock.listen()
+        held = settings(port=http.getsockname()[1], dashboard_port=dashboard.getsockname()[1])
+        with pytest.raises(cluster.ClusterError) as caught:
+            cluster.refuse_taken_ports(held)
+    message = str(caught.value)
+    for key, port in (("port", held.port), ("dashboard_port", held.dashboard_port)):
+        assert f"[MODEL SERVE] {key} = {port}: port {port} is held by python" in message, message
+        assert f"set `{key}` in conf.ini to a free port" in message
+    cluster.refuse_taken_ports(held)  # closed now: nothing to refuse
+
+
+def test_a_port_left_in_time_wait_is_not_held() -> None:
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as HAProxy and uvicorn do
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+        accepted.close()  # the server side closes first: its port keeps a TIME_WAIT connection
+        client.close()
+        port = server.getsockname()[1]
+    cluster.refuse_taken_ports(settings(port=port, dashboard_port=free_port()))
+
+
+def test_each_project_s_head_has_a_short_temp_dir_of_its_own(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 120) / ".modelserve"
+    first, second = cluster.local_temp_dir(deep), cluster.local_temp_dir(tmp_path / ".modelserve")
+    assert first != second and first == cluster.local_temp_dir(deep) and first.startswith("/tmp/ray-")
+    assert len(first) + len("/session_2026-12-06_01-12-23_123456_1234567/sockets/plasma_store") < 107
 
 
 def test_a_recorded_head_is_used_only_while_its_process_lives(tmp_path: Path) -> None:

@@ -2,7 +2,16 @@ from pathlib import Path
 
 import pytest
 
-from modelserve.node import NodeError, ensure_token, late_port, main, node_env, ray_start_command, spec_from_env
+from modelserve.node import (
+    NodeError,
+    chosen_ports,
+    ensure_token,
+    late_port,
+    main,
+    node_env,
+    ray_start_command,
+    spec_from_env,
+)
 
 
 def flags(cmd: list[str]) -> dict[str, str]:
@@ -21,6 +30,25 @@ def test_head_defaults_expose_nothing() -> None:
     assert stats != metrics and {stats, metrics} <= set(range(28000, 32768))
     low, high = int(env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]), int(env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"])
     assert 20000 <= low < high < 28000
+
+
+def test_no_port_is_one_every_cluster_on_the_host_would_take() -> None:
+    """Ray's fixed ports (fallback proxy 8500/9500, Prometheus pages 44227/44217, workers
+    10002-19999) are chosen per head; a port given in the environment wins."""
+    from modelserve import raycompat
+
+    spec = spec_from_env("head", {})
+    cmd, env = ray_start_command(spec), node_env(spec, {})
+    ports = chosen_ports(cmd, env)
+    fixed = {name: ports[name] for name in raycompat.host_ports_env(0, 0, 0, 0)}
+    assert len(set(fixed.values())) == 4 and set(fixed.values()) <= set(range(28000, 32768)), fixed
+    low, high = ports["min-worker-port"], ports["max-worker-port"]
+    assert high - low == 499 and 10002 <= low < high <= 19999
+    assert {ports["port"], ports["dashboard-port"]} == {6379, 8265}
+    assert (
+        node_env(spec, {"RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": "8600"})["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "8600"
+    )
+    assert not set(fixed) & set(node_env(spec_from_env("worker", {"RAY_HEAD_ADDRESS": "h:1"}), {}))
 
 
 def test_late_ports_are_below_the_ephemeral_range_and_never_repeat() -> None:

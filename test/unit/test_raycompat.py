@@ -29,6 +29,24 @@ def test_every_serve_flag_we_set_is_read_by_ray() -> None:
         assert f'"{flag}"' in constants, f"Ray no longer reads {flag}"
 
 
+def test_the_ports_ray_fixes_per_host_are_read_from_our_variables() -> None:
+    """The fallback proxy's ports where the Serve controller hands them out, the head's Prometheus
+    pages where the dashboard and the autoscaler bind them: each takes the value we set."""
+    import subprocess
+    import sys
+
+    chosen = raycompat.host_ports_env(28101, 28102, 28103, 28104)
+    code = (
+        "from ray.serve._private import proxy_state as p; from ray.dashboard import consts as d; "
+        "from ray.autoscaler._private import constants as a; "
+        "print(p.RAY_SERVE_FALLBACK_PROXY_HTTP_PORT, p.RAY_SERVE_FALLBACK_PROXY_GRPC_PORT, "
+        "d.DASHBOARD_METRIC_PORT, a.AUTOSCALER_METRIC_PORT)"
+    )
+    env = {**os.environ, **chosen}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["28101", "28102", "28103", "28104"], out
+
+
 def test_the_auth_variables_are_read_by_ray_s_core() -> None:
     (raylet,) = RAY_DIR.glob("_raylet*.so")  # token auth is read in C++
     core = raylet.read_bytes()
