@@ -74,6 +74,10 @@ def mirror_project(root: Path) -> Path:
     return root
 
 
+#: Keys of a section that speak of other sections: dropped when a test takes the example out on its own.
+OTHER_SECTIONS_KEYS = ("traffic", "sticky", "mirror_of", "mirror_percent")
+
+
 def write_conf(root: Path, serve: dict[str, Any], *sections: str) -> Path:
     head = "[MODEL SERVE]\n" + "".join(f"{k} = {v}\n" for k, v in serve.items())
     body = "\n".join(textwrap.dedent(s).strip() + "\n" for s in sections)

@@ -21,6 +21,7 @@ import requests
 from helpers import (
     ECHO_SECTION,
     FIXTURES,
+    OTHER_SECTIONS_KEYS,
     REPO,
     TestCluster,
     assert_error_envelope,
@@ -67,7 +68,8 @@ def repository_conf(port: int, dashboard_port: int) -> str:
     shipped.read(REPO / "conf.ini")
     assert shipped["algopkg.AlgoExample"]["route"] == "extract"
     serve = {**shipped["MODEL SERVE"], "port": port, "address": "local", "dashboard_port": dashboard_port}
-    example = {k: v for k, v in shipped["algopkg.AlgoExample"].items() if k != "api_keys"}
+    dropped = ("api_keys", *OTHER_SECTIONS_KEYS)  # the user's key, and weights or mirrors naming sections left out
+    example = {k: v for k, v in shipped["algopkg.AlgoExample"].items() if k not in dropped}
     serve.pop("api_keys", None)
     out = configparser.ConfigParser(interpolation=None)
     out.read_dict({"MODEL SERVE": {**serve, "local_cpus": 2}, "algopkg.AlgoExample": example})
