@@ -76,6 +76,9 @@ def test_ray_still_surges_and_restarts_autoscaling_from_initial_replicas_as_the_
     register = inspect.getsource(DeploymentAutoscalingState.register)
     assert "config_changed(info)" in register and "target_num_replicas = config.initial_replicas" in register
     assert [raycompat.surge_replicas(n, 25) for n in (1, 4, 5, 9)] == [1, 1, 2, 3]
+    from ray.serve._private.constants import DEFAULT_ROLLING_UPDATE_PERCENTAGE
+
+    assert DEFAULT_ROLLING_UPDATE_PERCENTAGE == 0.2  # `rollout = replace` in the README: 20% at a time
 
 
 def test_ray_s_replica_print_still_garbles_printing_to_a_file() -> None:
