@@ -40,7 +40,7 @@ replicas = 0-2
 def conf(tmp_path_factory: pytest.TempPathFactory, cluster: TestCluster) -> Path:
     path = write_conf(make_project(tmp_path_factory.mktemp("fit")), cluster.serve(), FILLER, ECHO_SECTION)
     # A dashboard that has just started may drop its first Serve API calls while its modules start.
-    wait_for(lambda: _answers(Cluster(cluster.dashboard_url)), 60, "the dashboard's Serve API")
+    wait_for(lambda: _answers(Cluster(cluster.dashboard_url)), 120, "the dashboard's Serve API")
     assert main(["-c", str(path)]) == 0
     return path
 
