@@ -185,8 +185,9 @@ def _pings(url: str, old: frozenset[str] = frozenset()) -> bool:
         return False
 
 
-def check_fit(config: Config, cluster: Cluster, before: Mapping[str, Any]) -> None:
-    problems = fit_problems(config.sections, cluster.resources(before))
+def check_fit(config: Config, cluster: Cluster, before: Mapping[str, Any], changes: list[plan.Change]) -> None:
+    actions = {c.app: c.action for c in changes}
+    problems = fit_problems(config.sections, cluster.resources(before), actions)
     if problems:
         raise ConfigError(config.path, problems)
 
@@ -202,8 +203,6 @@ def apply(
 ) -> Outcome:
     """Make the cluster match `config`; restore the sections that fail. Prints the change table."""
     phases = phases or Phases()
-    check_fit(config, cluster, before)
-    phases.mark("check that the plan fits")
     artifacts = upload_artifacts(config, cluster)
     phases.mark("upload packages (skipped if there)")
     # Ray's schema passed this plan with stand-in artifacts (cli.cmd_apply); the real ones differ
@@ -212,6 +211,8 @@ def apply(
     previous = {name: app for name, app in running_configs(before).items() if name not in keep}
     desired = plan.deploy_config(config, artifacts, plan.route_owners(previous))
     changes = plan.diff(desired, previous)
+    check_fit(config, cluster, before, changes)  # after the diff: a roll-out needs room for more
+    phases.mark("check that the plan fits")
     for change in changes:
         print(f"{change.action:>16}  {change.app}", flush=True)
     if plan.unchanged(desired, previous) and all(

@@ -31,7 +31,7 @@ from modelserve.apply import (
 )
 from modelserve.cluster import CONNECT_TIMEOUT_S, Cluster, ClusterError, resolve_dashboard, stop_local_head
 from modelserve.config import ConfigError, load_config
-from modelserve.fit import ClusterResources, fit_problems
+from modelserve.fit import ClusterResources, Node, fit_problems
 from modelserve.settings import PACKAGE_PREFIX, Config
 from modelserve.timings import Phases
 from modelserve.warmup import read_warmup
@@ -127,7 +127,7 @@ def _warn_if_it_cannot_fit_a_local_cluster(config: Config) -> None:
     if config.serve.address not in ("auto", "local"):
         return
     cpus = config.serve.local_cpus or os.cpu_count() or 1
-    local = ClusterResources([{"CPU": float(cpus), "GPU": float(config.serve.local_gpus or 0)}], {}, {})
+    local = ClusterResources({"local": Node({"CPU": float(cpus), "GPU": float(config.serve.local_gpus or 0)})})
     for problem in fit_problems(config.sections, local):
         print(f"warning: on a local cluster of {cpus} CPU(s): {problem}", file=sys.stderr)
 

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ import psutil
 import requests
 
 from modelserve import raycompat
-from modelserve.fit import ClusterResources
+from modelserve.fit import ClusterResources, Held, Node
 from modelserve.node import NodeSpec, chosen_ports, ensure_token, free_port, has_token, node_env, ray_start_command
 from modelserve.packaging import tree_digest
 from modelserve.settings import ServeSettings
@@ -306,6 +306,14 @@ def resolve_dashboard(
     return start_local_head(settings, state_dir).dashboard_url
 
 
+def _held_on(node_id: str, apps: Iterable[Held]) -> dict[str, float]:
+    used: dict[str, float] = {}
+    for held in apps:
+        for kind, amount in held.each.items():
+            used[kind] = used.get(kind, 0.0) + amount * list(held.nodes).count(node_id)
+    return used
+
+
 class Cluster:
     """A connection to one cluster's dashboard: upload packages, apply, read, delete.
 
@@ -415,20 +423,22 @@ class Cluster:
         return raycompat.metrics_targets(self._get_json(raycompat.NODE_SUMMARY_PATH))
 
     def resources(self, details: Mapping[str, Any]) -> ClusterResources:
-        """Each alive node's totals, what is in use, and what our running sections hold."""
+        """Each alive node's totals and use, and what each running application's replicas hold."""
         nodes = self._get_json(f"{raycompat.NODES_API_PATH}?detail=1&limit=10000")["result"]["result"]
-        usage = self._get_json(raycompat.CLUSTER_STATUS_PATH)["clusterStatus"]["loadMetricsReport"]["usage"]
-        ours: dict[str, float] = {}
-        for app in (details.get("applications") or {}).values():
+        report = self._get_json(raycompat.CLUSTER_STATUS_PATH)["clusterStatus"]["loadMetricsReport"]
+        alive = {n["node_id"]: n.get("resources_total") or {} for n in nodes if n.get("state") == "ALIVE"}
+        apps = {}
+        for name, app in (details.get("applications") or {}).items():
             for deployment in (app.get("deployments") or {}).values():
-                held = [r for r in deployment.get("replicas") or [] if r.get("state") != "STOPPING"]
-                for kind, amount in (deployment.get("required_resources") or {}).items():
-                    ours[kind] = ours.get(kind, 0.0) + float(amount) * len(held)
-        return ClusterResources(
-            nodes=[n.get("resources_total") or {} for n in nodes if n.get("state") == "ALIVE"],
-            used={kind: float(pair[0]) for kind, pair in usage.items()},
-            ours=ours,
-        )
+                replicas = deployment.get("replicas") or []  # a replica not placed yet holds nothing
+                held = [r["node_id"] for r in replicas if r.get("state") != "STOPPING" and r.get("node_id")]
+                each = {kind: float(amount) for kind, amount in (deployment.get("required_resources") or {}).items()}
+                apps[name] = Held(each, held)
+        by_node = report.get("usageByNode") or {}
+        used = {node_id: {kind: float(pair[0]) for kind, pair in by_node.get(node_id, {}).items()} for node_id in alive}
+        if not set(alive) <= set(by_node):  # Ray reports no use per node: what Serve's replicas hold there
+            used = {node_id: _held_on(node_id, apps.values()) for node_id in alive}
+        return ClusterResources({node_id: Node(total, used[node_id]) for node_id, total in alive.items()}, apps)
 
     def log_lines(self, node_id: str, filename: str, tail: int, follow: bool) -> Iterator[str]:
         """Lines of a log file on any node of the cluster, through the dashboard's log API."""

@@ -242,3 +242,12 @@ def ingress(raw: str) -> str:
     if raw not in ("fast", "proxy"):
         raise Invalid("must be `fast` (HAProxy ingress) or `proxy` (Ray Serve's Python proxy)")
     return raw
+
+
+def rollout(raw: str) -> str:
+    if raw not in ("surge", "replace"):
+        raise Invalid(
+            "must be `surge` (start a new replica before stopping an old one: needs room for one more) "
+            "or `replace` (stop an old replica first: no room needed, one replica fewer meanwhile)"
+        )
+    return raw

@@ -88,6 +88,13 @@ def replica_config(spec: SectionSpec, config: Config, split: Mapping[str, Any] |
     )
 
 
+def max_surge_percent(spec: SectionSpec) -> int:
+    """`rollout = replace` is Ray's own default, 0: each old replica stops before its replacement
+    starts (`rolling_update_percentage` of the target at a time, at least one), so a roll-out needs
+    no room beyond what the section holds."""
+    return MAX_SURGE_PERCENT if spec.rollout == "surge" else 0
+
+
 def deployment_options(spec: SectionSpec, config: Config, split: Mapping[str, Any] | None = None) -> dict[str, Any]:
     options: dict[str, Any] = {
         "name": spec.package,
@@ -98,7 +105,7 @@ def deployment_options(spec: SectionSpec, config: Config, split: Mapping[str, An
         "backpressure_config": {"status_code": 503, "retry_after_s": 1},
         "user_config": replica_config(spec, config, split).to_json(),
         "ray_actor_options": {"num_cpus": spec.cpu_cost, "num_gpus": spec.gpu_cost},
-        "max_surge_percent": MAX_SURGE_PERCENT,
+        "max_surge_percent": max_surge_percent(spec),
         # Serve's per-request access log is off unless `[MODEL SERVE] access_log = on`, as in
         # gunicorn (its cost: bench/RESULTS.md). Errors are logged either way.
         "logging_config": {"enable_access_log": config.serve.access_log == "on"},

@@ -130,7 +130,8 @@ def draining_env(seconds: int) -> dict[str, str]:
 LOG_API_PATH = "/api/v0/logs"
 #: The State API's node list (`ray list nodes`): each alive node's `resources_total`.
 NODES_API_PATH = "/api/v0/nodes"
-#: The dashboard's cluster status: `loadMetricsReport.usage` is `{resource: [used, total]}`.
+#: The dashboard's cluster status: `loadMetricsReport.usage` is `{resource: [used, total]}`, and
+#: `loadMetricsReport.usageByNode` the same by node id.
 CLUSTER_STATUS_PATH = "/api/cluster_status"
 
 
@@ -223,6 +224,17 @@ def upload_package(client: Any, directory: str) -> str:
     """Upload a directory as a content-addressed py_module; skipped when that content is there."""
     uri: str = client._upload_package_if_needed(directory, include_gitignore=False, include_parent_dir=True)
     return uri
+
+
+def surge_replicas(target: int, max_surge_percent: int) -> int:
+    """How many new replicas Ray Serve 2.60 starts in a roll-out before it stops an old one: its
+    integer ceiling of percent x target (`_surge_replicas_to_start`, plus what the target grew
+    by; old replicas stop only while more than the target run, `_surge_replicas_to_stop`, in
+    ray/serve/_private/deployment_state.py). A new replica that no node has room for waits, and
+    the old ones keep serving: Ray never gives up on it. With 0 (Ray's default) old replicas stop
+    first. The target of an autoscaling deployment goes back to `initial_replicas` on every config
+    change (`DeploymentAutoscalingState.register`, ray/serve/_private/autoscaling_state.py)."""
+    return (max_surge_percent * target + 99) // 100
 
 
 def deploy_schema_problems(config: Mapping[str, Any]) -> list[str]:

@@ -330,6 +330,14 @@ class SectionSpec:
         example="pip",
         help="the package's Python environment: empty, pip, or conda:NAME",
     )
+    rollout: str = conf_key(
+        "rollout",
+        keys.rollout,
+        default="surge",
+        change=IN_PLACE,
+        example="replace",
+        help="surge: a roll-out starts a new replica before it stops an old one; replace: it stops one first",
+    )
 
     @property
     def queue_limit(self) -> int:

@@ -18,6 +18,8 @@ class FakeDashboard:
         self.url = ""
         self.nodes: list[dict[str, float]] = [{"CPU": 4.0, "GPU": 0.0}]
         self.used: dict[str, float] = {"CPU": 0.0}
+        #: `{node id: {resource: used}}`, Ray's `usageByNode` (node ids are n0, n1, ...); None: not reported.
+        self.used_by_node: dict[str, dict[str, float]] | None = None
         #: Called with each deployed config; may change `details` as the cluster would.
         self.on_deploy: Callable[[dict[str, Any]], None] = lambda config: None
 
@@ -40,11 +42,16 @@ class FakeDashboard:
                 if self.path in ("/api/version", "/api/ray/version"):
                     self._json({"ray_version": "2.60.0", "version": "4"})
                 elif self.path.startswith("/api/v0/nodes"):
-                    nodes = [{"state": "ALIVE", "resources_total": n} for n in fake.nodes]
+                    nodes = [
+                        {"node_id": f"n{i}", "state": "ALIVE", "resources_total": n} for i, n in enumerate(fake.nodes)
+                    ]
                     self._json({"data": {"result": {"result": nodes}}})
                 elif self.path.startswith("/api/cluster_status"):
-                    usage = {kind: [used, 0.0] for kind, used in fake.used.items()}
-                    self._json({"data": {"clusterStatus": {"loadMetricsReport": {"usage": usage}}}})
+                    report: dict[str, Any] = {"usage": {kind: [used, 0.0] for kind, used in fake.used.items()}}
+                    if fake.used_by_node is not None:
+                        by_node = fake.used_by_node.items()
+                        report["usageByNode"] = {n: {k: [u, 0.0] for k, u in used.items()} for n, used in by_node}
+                    self._json({"data": {"clusterStatus": {"loadMetricsReport": report}}})
                 elif self.path.startswith("/api/packages/"):
                     self._json({})  # every upload is there already
                 elif self.path.startswith("/api/serve/applications"):

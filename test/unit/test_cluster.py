@@ -148,3 +148,28 @@ def test_a_dashboard_that_never_answers_fails_within_the_timeout() -> None:
             cluster.Cluster(f"http://127.0.0.1:{port}", connect_timeout_s=1).check_reachable()
         assert time.monotonic() - began < 3
     assert f"cannot reach the Ray dashboard at http://127.0.0.1:{port} (no answer; waited 1 s" in str(caught.value)
+
+
+def test_resources_read_each_node_s_use_and_where_each_application_s_replicas_run(fake) -> None:
+    fake.nodes = [{"CPU": 2.0}, {"CPU": 4.0, "GPU": 1.0}]
+    fake.used_by_node = {"n0": {"CPU": 1.5}, "n1": {"CPU": 0.5, "GPU": 0.0}}
+    replicas = [
+        {"state": "RUNNING", "node_id": "n0"},
+        {"state": "STARTING", "node_id": "n1"},
+        {"state": "STOPPING", "node_id": "n0"},  # on its way out
+        {"state": "STARTING", "node_id": None},  # not placed yet: holds nothing
+    ]
+    details = {
+        "applications": {"Echo": {"deployments": {"Echo": {"required_resources": {"CPU": 0.5}, "replicas": replicas}}}}
+    }
+    found = cluster.Cluster(fake.url).resources(details)
+    assert {n: (node.total, node.free("CPU")) for n, node in found.nodes.items()} == {
+        "n0": ({"CPU": 2.0}, 0.5),
+        "n1": ({"CPU": 4.0, "GPU": 1.0}, 3.5),
+    }
+    assert (found.apps["Echo"].each, list(found.apps["Echo"].nodes)) == ({"CPU": 0.5}, ["n0", "n1"])
+    fake.used_by_node = None  # without Ray's use per node: what the replicas hold there
+    assert {n: node.free("CPU") for n, node in cluster.Cluster(fake.url).resources(details).nodes.items()} == {
+        "n0": 1.5,
+        "n1": 3.5,
+    }

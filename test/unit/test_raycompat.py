@@ -87,6 +87,25 @@ def test_no_other_module_names_a_ray_flag_or_private_symbol() -> None:
             assert not pattern.findall(path.read_text()), f"{path.name}: {pattern.findall(path.read_text())}"
 
 
+def test_ray_still_surges_and_restarts_autoscaling_from_initial_replicas_as_the_fit_check_counts() -> None:
+    """When this fails, Ray changed what a roll-out or a changed autoscaling section starts:
+    check `raycompat.surge_replicas` and fit.py against its new code."""
+    from ray.serve._private.autoscaling_state import DeploymentAutoscalingState
+    from ray.serve._private.deployment_state import DeploymentState
+
+    start = inspect.getsource(DeploymentState._surge_replicas_to_start)
+    assert "surge = (surge_percent * target + 99) // 100" in start
+    assert "available_slots = surge + self._get_target_replica_delta()" in start
+    stop = inspect.getsource(DeploymentState._surge_replicas_to_stop)
+    assert "surplus = self._replicas.count(states=[ReplicaState.RUNNING]) - target" in stop
+    register = inspect.getsource(DeploymentAutoscalingState.register)
+    assert "config_changed(info)" in register and "target_num_replicas = config.initial_replicas" in register
+    assert [raycompat.surge_replicas(n, 25) for n in (1, 4, 5, 9)] == [1, 1, 2, 3]
+    from ray.serve._private.constants import DEFAULT_ROLLING_UPDATE_PERCENTAGE
+
+    assert DEFAULT_ROLLING_UPDATE_PERCENTAGE == 0.2  # `rollout = replace` in the README: 20% at a time
+
+
 def test_ray_s_replica_print_still_garbles_printing_to_a_file() -> None:
     """When this fails, Ray fixed its print: drop `mend_redirected_print`."""
     import io
