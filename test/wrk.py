@@ -14,6 +14,7 @@ checks each 2xx answer for a body marker or a header, and counts the values of o
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 ERROR_KINDS = ("connect", "read", "write", "timeout")
+#: Every summary `assert_no_failure` printed in this run (test/conftest.py repeats them at the end).
+REPORTS: list[str] = []
 _MARK = "wrk-result"
 
 _LUA = r"""
@@ -284,6 +287,8 @@ class WrkLoad:
 def assert_no_failure(result: WrkResult | None, what: str, min_requests: int = 1) -> WrkResult:
     """Print the counts (`pytest -s` shows them) and assert that nothing failed."""
     assert result is not None, f"{what}: no wrk result (was the load's block left early?)"
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0].rpartition("::")[2]
+    REPORTS.append(f"{test}: {result.summary(what)}" if test else result.summary(what))
     print(f"\n[wrk] {result.summary(what)}", flush=True)
     assert result.failed == 0, result.summary(what)
     assert result.requests >= min_requests, f"too few answers (fewer than {min_requests}): {result.summary(what)}"
