@@ -87,7 +87,8 @@ def apply(conf_dir: Path, cluster: TestCluster, *sections_: str, args: tuple[str
 @pytest.fixture(scope="module")
 def cluster_options() -> dict[str, Any]:
     """Metrics exported every second, so `status` shows a mirror's counts within seconds."""
-    return {"num_cpus": 2, "num_gpus": 0, "extra_env": {raycompat.METRICS_REPORT_INTERVAL_MS: "1000"}}
+    metrics = {raycompat.METRICS_REPORT_INTERVAL_MS: str(1000 * METRICS_REPORT_S)}
+    return {"num_cpus": 2, "num_gpus": 0, "extra_env": metrics}
 
 
 @pytest.fixture(scope="module")

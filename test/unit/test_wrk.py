@@ -90,7 +90,8 @@ def test_non_2xx_answers_are_counted_by_status(server: str) -> None:
     result = run(f"{server}/some-fail")
     assert result.by_status.keys() == {200, 503}, result.summary()
     assert result.failed == result.non_2xx == result.by_status[503] > 0
-    assert "503: " in result.summary()
+    assert "503: " in result.summary() and result.samples.keys() == {503}
+    assert '"method": "POST"' in result.samples[503] and "a 503: " in result.summary(), result.samples
     with pytest.raises(AssertionError, match="503"):
         assert_no_failure(result, "some fail")
 
