@@ -295,12 +295,18 @@ class WrkLoad:
         self.result = parse_output(text, self.connections)
 
 
-def assert_no_failure(result: WrkResult | None, what: str, min_requests: int = 1) -> WrkResult:
-    """Print the counts (`pytest -s` shows them) and assert that nothing failed."""
+def record(result: WrkResult | None, what: str) -> WrkResult:
+    """Print the counts (`pytest -s` shows them; the end of the run repeats them)."""
     assert result is not None, f"{what}: no wrk result (was the load's block left early?)"
     test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0].rpartition("::")[2]
     REPORTS.append(f"{test}: {result.summary(what)}" if test else result.summary(what))
     print(f"\n[wrk] {result.summary(what)}", flush=True)
+    return result
+
+
+def assert_no_failure(result: WrkResult | None, what: str, min_requests: int = 1) -> WrkResult:
+    """Print the counts and assert that nothing failed."""
+    result = record(result, what)
     assert result.failed == 0, result.summary(what)
     assert result.requests >= min_requests, f"too few answers (fewer than {min_requests}): {result.summary(what)}"
     return result
