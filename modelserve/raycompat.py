@@ -23,6 +23,10 @@ AUTH_MODE = "RAY_AUTH_MODE"
 AUTH_TOKEN = "RAY_AUTH_TOKEN"
 AUTH_TOKEN_PATH = "RAY_AUTH_TOKEN_PATH"
 
+# Ray core: how often each process exports its metrics to its node's exporter (Ray: 10,000 ms,
+# floored at 1,000 ms; ray/_private/telemetry/open_telemetry_metric_recorder.py).
+METRICS_REPORT_INTERVAL_MS = "RAY_metrics_report_interval_ms"
+
 # Ray Serve flags, read by each Ray process when it starts (ray/serve/_private/constants.py).
 ENABLE_HA_PROXY = "RAY_SERVE_ENABLE_HA_PROXY"
 HAPROXY_STATS_PORT = "RAY_SERVE_HAPROXY_STATS_PORT"

@@ -28,3 +28,13 @@ def cluster(cluster_options: dict[str, Any]) -> Iterator[TestCluster]:
     started = start_test_cluster(**cluster_options)
     yield started
     started.stop()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Each "0 failed" proof's wrk counts (test/wrk.py), also without `-s`."""
+    from wrk import REPORTS
+
+    if REPORTS:
+        terminalreporter.section(f"wrk: {len(REPORTS)} load phase(s), counts by kind")
+        for line in REPORTS:
+            terminalreporter.write_line(line)

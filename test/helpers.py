@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 
 from modelserve import raycompat
-from modelserve.cluster import dashboard_answers, session_members, stop_session
+from modelserve.cluster import Cluster, dashboard_answers, session_members, stop_session
 from modelserve.node import NodeSpec, free_port, late_port, node_env, ray_start_command
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,6 +194,19 @@ def wait_for(predicate: Any, timeout_s: float = 60, what: str = "condition") -> 
         time.sleep(0.25)
 
 
+def _settled(dashboard_url: str) -> bool:
+    apps = (Cluster(dashboard_url).details().get("applications") or {}).values()
+    replicas = [r for app in apps for d in (app.get("deployments") or {}).values() for r in d.get("replicas") or []]
+    return all(app.get("status") == "RUNNING" for app in apps) and all(r.get("state") == "RUNNING" for r in replicas)
+
+
+def wait_settled(dashboard_url: str, timeout_s: float = 60) -> None:
+    """Until every application runs and no replica starts or stops: a change's last step (a
+    replaced or removed replica exiting once it has drained, `node.DRAIN_S`) is over. A load
+    that proves a change costs nothing lasts until then."""
+    wait_for(lambda: _settled(dashboard_url), timeout_s, "every application RUNNING, no replica starting or stopping")
+
+
 @dataclass
 class TestCluster:
     """A real single-node Ray cluster on loopback, started for the tests and stopped by PID."""
@@ -220,8 +233,11 @@ class TestCluster:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def start_test_cluster(num_cpus: int = 2, num_gpus: int = 0, ingress: str = "fast") -> TestCluster:
+def start_test_cluster(
+    num_cpus: int = 2, num_gpus: int = 0, ingress: str = "fast", extra_env: Mapping[str, str] | None = None
+) -> TestCluster:
     """Logical CPUs and GPUs (no GPU needed): what a module's replicas take, and room for one more.
+    `extra_env`: variables the cluster's processes start with.
 
     It runs from the repository root on purpose: its `algopkg/` must not shadow the
     package snapshots the replicas are deployed with.
@@ -237,7 +253,7 @@ def start_test_cluster(num_cpus: int = 2, num_gpus: int = 0, ingress: str = "fas
         temp_dir=temp_dir,
     )
     cmd = ray_start_command(spec)
-    env = node_env(spec, user_env({}))
+    env = node_env(spec, user_env(extra_env))
     with (Path(temp_dir) / "head.log").open("wb") as log:  # the head keeps its own copy of the descriptor
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=REPO, start_new_session=True

@@ -46,7 +46,7 @@ function setup(thread)
 end
 
 function init(args)
-  counts, unmarked, seen = {}, 0, {}
+  counts, unmarked, seen, samples = {}, 0, {}, {}
   sent = id == 1 and -1 or 0  -- wrk 4.1 calls the first thread's request() once to check it
 end
 
@@ -68,6 +68,9 @@ function response(status, headers, body)
     local value = header(headers, count_header) or "-"
     seen[value] = (seen[value] or 0) + 1
   end
+  if (status < 200 or status >= 300) and not samples[status] then  -- the first answer of each failing status
+    samples[status] = string.gsub(string.sub(body or "", 1, 300), "%%s+", " ")
+  end
   if status >= 200 and status < 300 then
     local ok = true
     if marker and not (body and string.find(body, marker, 1, true)) then ok = false end
@@ -84,6 +87,7 @@ function done(summary, latency, requests)
   for _, t in ipairs(threads) do
     for code, n in pairs(t:get("counts")) do io.write(string.format("%%s status %%d %%d\n", mark, code, n)) end
     for value, n in pairs(t:get("seen")) do io.write(string.format("%%s header %%d %%s\n", mark, n, value)) end
+    for code, text in pairs(t:get("samples")) do io.write(string.format("%%s sample %%d %%s\n", mark, code, text)) end
     io.write(string.format("%%s unmarked %%d %%d\n", mark, t:get("unmarked"), t:get("sent")))
   end
   local e = summary.errors
@@ -118,6 +122,7 @@ class WrkResult:
     by_header: dict[str, int] = field(default_factory=dict)
     unanswered: int = 0  # sent and never answered: in flight when wrk stopped, or lost
     connections: int = 0
+    samples: dict[int, str] = field(default_factory=dict)  # a failing status: the start of one such body
 
     @property
     def lost(self) -> int:
@@ -144,6 +149,7 @@ class WrkResult:
         errors = ", ".join(f"{kind} {self.errors.get(kind, 0)}" for kind in ERROR_KINDS) + f", lost {self.lost}"
         marker = f", 2xx without the marker {self.unmarked}" if self.unmarked else ""
         split = f"; answered by {dict(sorted(self.by_header.items()))}" if self.by_header else ""
+        split += "".join(f"; a {code}: {body[:160]!r}" for code, body in sorted(self.samples.items()))
         latency = "/".join(f"{self.latency_ms.get(k, 0):.0f}" for k in ("p50", "p99", "max"))
         return (
             f"{what + ': ' if what else ''}{self.failed} failed of {self.requests:,} requests "
@@ -156,6 +162,7 @@ def parse_output(text: str, connections: int) -> WrkResult:
     """The counts the Lua `done` hook printed (one line each, summed over wrk's threads)."""
     by_status: dict[int, int] = {}
     by_header: dict[str, int] = {}
+    samples: dict[int, str] = {}
     unmarked, sent, summary, latency = 0, 0, None, [0, 0, 0]
     for line in text.splitlines():
         if not line.startswith(_MARK + " "):
@@ -167,6 +174,9 @@ def parse_output(text: str, connections: int) -> WrkResult:
         elif kind == "header":
             n, _, value = rest.partition(" ")
             by_header[value] = by_header.get(value, 0) + int(n)
+        elif kind == "sample":
+            code, _, body = rest.partition(" ")
+            samples.setdefault(int(code), body)
         elif kind == "unmarked":
             unmarked += int(rest.split()[0])
             sent += int(rest.split()[1])
@@ -189,6 +199,7 @@ def parse_output(text: str, connections: int) -> WrkResult:
         by_header=by_header,
         unanswered=max(0, sent - requests - errors[1] - errors[2]),  # sent, neither answered nor cut (read, write)
         connections=connections,
+        samples=samples,
     )
 
 
@@ -284,12 +295,18 @@ class WrkLoad:
         self.result = parse_output(text, self.connections)
 
 
-def assert_no_failure(result: WrkResult | None, what: str, min_requests: int = 1) -> WrkResult:
-    """Print the counts (`pytest -s` shows them) and assert that nothing failed."""
+def record(result: WrkResult | None, what: str) -> WrkResult:
+    """Print the counts (`pytest -s` shows them; the end of the run repeats them)."""
     assert result is not None, f"{what}: no wrk result (was the load's block left early?)"
     test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0].rpartition("::")[2]
     REPORTS.append(f"{test}: {result.summary(what)}" if test else result.summary(what))
     print(f"\n[wrk] {result.summary(what)}", flush=True)
+    return result
+
+
+def assert_no_failure(result: WrkResult | None, what: str, min_requests: int = 1) -> WrkResult:
+    """Print the counts and assert that nothing failed."""
+    result = record(result, what)
     assert result.failed == 0, result.summary(what)
     assert result.requests >= min_requests, f"too few answers (fewer than {min_requests}): {result.summary(what)}"
     return result

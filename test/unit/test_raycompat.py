@@ -54,6 +54,17 @@ def test_the_auth_variables_are_read_by_ray_s_core() -> None:
         assert name.encode() + b"\0" in core, name
 
 
+def test_the_metrics_report_interval_is_read_by_ray_s_core() -> None:
+    """The tests' clusters export metrics every second (test_traffic counts a mirror's copies)."""
+    import subprocess
+    import sys
+
+    read = "import ray; print(ray._config.metrics_report_interval_ms())"
+    env = {**os.environ, raycompat.METRICS_REPORT_INTERVAL_MS: "1234"}
+    out = subprocess.run([sys.executable, "-c", read], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "1234", out
+
+
 def test_the_private_helpers_we_call_exist_with_our_signature() -> None:
     from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
     from ray._raylet import Config
