@@ -20,7 +20,7 @@ from typing import Any
 
 import requests
 
-from modelserve import plan, stages, status
+from modelserve import plan, stages, status, traffic
 from modelserve.cluster import Cluster, ClusterError
 from modelserve.config import ConfigError
 from modelserve.envelope import REPLICA_HEADER
@@ -222,6 +222,7 @@ def apply(
         return Outcome(before)  # nothing to send: Serve runs this plan already, healthy
     desired = {**desired, "applications": [*desired["applications"], *keep.values()]}
     phases.mark("plan")
+    desired = _start_new_shares_first(cluster, before, desired, config.serve.deploy_timeout_s, base_url, phases)
     cluster.apply(desired)
     phases.mark("send the plan to Serve")
     names = [s.app_name for s in config.sections]
@@ -252,6 +253,34 @@ def apply(
         outcome.details = wait(cluster, restore, [], config.serve.deploy_timeout_s)
         outcome.rolled_back = restore
     return outcome
+
+
+def _start_new_shares_first(
+    cluster: Cluster,
+    before: Mapping[str, Any],
+    desired: dict[str, Any],
+    timeout_s: float,
+    base_url: str,
+    phases: Phases,
+) -> dict[str, Any]:
+    """Where a route's owner would forward a share to a section that does not serve yet (a canary
+    just added), start that section first with its share kept by the owner, so no request is sent
+    to replicas still starting. Returns the plan to send next: `desired`, or, where a new section
+    failed to start, `desired` with its share left with the owner."""
+    serving = {name for name, app in (before.get("applications") or {}).items() if status.app_healthy(app)}
+    first, starting = traffic.held_back(desired["applications"], serving)
+    if not starting:
+        return desired
+    cluster.apply({**desired, "applications": first})
+    phases.mark("send the plan, the new sections' shares held back")
+    started = wait(cluster, starting, [], timeout_s)
+    if _failures(started, starting):
+        return {**desired, "applications": first}
+    side_routes = [a["route_prefix"].strip("/") for a in first if a["name"] in starting and a.get("route_prefix")]
+    if base_url:  # the owner forwards over the ingress: once it knows their side routes
+        wait_routed(base_url, side_routes)
+    phases.mark("wait until the new sections serve")
+    return desired
 
 
 def _newly_routed(desired: Mapping[str, Any], previous: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -15,7 +15,7 @@ route: only removing its owner does (the last step of a promotion).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from modelserve.settings import PACKAGE_PREFIX, SectionSpec
@@ -147,3 +147,42 @@ def problems(sections: Sequence[SectionSpec]) -> list[str]:
         elif primary.route == spec.route:
             found.append(f"{where}: a mirror needs a route of its own (for direct calls), not its primary's")
     return found
+
+
+def _waiting(app: Mapping[str, Any], serving: Collection[str]) -> list[dict[str, Any]]:
+    """The targets of `app`'s split (where it owns a route and serves) that do not serve yet."""
+    if app["name"] not in serving:
+        return []  # a new owner: its route has no traffic to protect yet
+    return [
+        t
+        for deployment in app.get("deployments", [])
+        for t in ((deployment.get("user_config") or {}).get("traffic") or {}).get("targets") or []
+        if t["app"] != app["name"] and t["app"] not in serving and t["weight"] > 0
+    ]
+
+
+def held_back(apps: Sequence[Mapping[str, Any]], serving: Collection[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """`apps` with the share of every section that does not serve yet given to its route's owner, and
+    those sections' apps (none: `apps` as they are). A new canary's replicas take seconds to start:
+    an owner that forwarded its share meanwhile would fail those requests, so an apply sends this
+    first and the real split once the new sections serve."""
+    held: list[dict[str, Any]] = []
+    names: set[str] = set()
+    for app in apps:
+        waiting = _waiting(app, serving)
+        if not waiting:
+            held.append(dict(app))
+            continue
+        names.update(t["app"] for t in waiting)
+        extra = sum(t["weight"] for t in waiting)
+        deployments = []
+        for deployment in app["deployments"]:
+            split = deployment["user_config"]["traffic"]
+            targets = [
+                {**t, "weight": 0 if t in waiting else t["weight"] + (extra if t["app"] == app["name"] else 0)}
+                for t in split["targets"]
+            ]
+            user_config = {**deployment["user_config"], "traffic": {**split, "targets": targets}}
+            deployments.append({**deployment, "user_config": user_config})
+        held.append({**app, "deployments": deployments})
+    return held, sorted(names)

@@ -296,3 +296,22 @@ def test_unchanged_covers_every_app_the_404_one_included(config: Config) -> None
     assert not plan.unchanged(desired, without_404)
     assert not plan.unchanged(desired, {**running, "Old": running["Echo"]}), "a section to remove is a change"
     assert not plan.unchanged(plan.deploy_config(config, artifacts(digest="d2")), running)
+
+
+def test_a_new_section_s_share_stays_with_the_owner_until_it_serves(config: Config) -> None:
+    echo = config.sections[0]
+    v2, v3 = (replace(echo, section=f"algopkg.Echo:{v}", traffic=25) for v in ("v2", "v3"))
+    split = replace(config, sections=(replace(echo, traffic=50), v2, v3))
+    digests = {s.section: "d1" for s in split.sections}
+    desired = plan.deploy_config(split, plan.Artifacts({"Echo": "gcs://_ray_pkg_a.zip"}, digests, {}, "gcs://rt.zip"))
+
+    def weights(apps: list) -> dict[str, int]:
+        (owner,) = [a for a in apps if a["name"] == "Echo"]
+        return {t["app"]: t["weight"] for t in owner["deployments"][0]["user_config"]["traffic"]["targets"]}
+
+    held, starting = traffic.held_back(desired["applications"], {"Echo", "Echo:v2"})  # v3 just added
+    assert starting == ["Echo:v3"] and weights(held) == {"Echo": 75, "Echo:v2": 25, "Echo:v3": 0}
+    assert plan.schema_problems({**desired, "applications": held}) == []
+    assert weights(desired["applications"]) == {"Echo": 50, "Echo:v2": 25, "Echo:v3": 25}  # left as it was
+    assert traffic.held_back(desired["applications"], {"Echo", "Echo:v2", "Echo:v3"}) == (desired["applications"], [])
+    assert traffic.held_back(desired["applications"], set())[1] == []  # a new route: no traffic to protect yet
