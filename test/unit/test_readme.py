@@ -82,3 +82,10 @@ def test_ci_installs_the_debian_packages_the_tests_need_then_runs_the_test_comma
     calls = log.read_text().splitlines()
     install = ["apt-get update -q", "apt-get install -y -q --no-install-recommends wrk prometheus"]
     assert calls == ([] if installed else install) + ["make test"], calls
+
+
+def test_test_modules_have_unique_names() -> None:
+    """pytest imports test modules by their base name (no __init__.py in test/): two modules of one
+    name in two tiers stop the whole collection."""
+    names = [p.name for p in (Path(__file__).resolve().parents[1]).rglob("test_*.py") if "fixtures" not in p.parts]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
