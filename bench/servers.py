@@ -109,8 +109,8 @@ def _controller(args: list[str], project: Path, timeout_s: float) -> tuple[int, 
 LEGACY_SECTION = ("[algopkg.BenchMLP]\nbackend = BenchMLP\n", "[algopkg.BenchMLPLegacy]\nbackend = algo_backend\n")
 
 
-def _project(work: Path, port: int, dashboard_port: int, legacy: bool = False) -> Path:
-    project = work / ("modelserve-legacy" if legacy else "modelserve")
+def _project(work: Path, port: int, dashboard_port: int, legacy: bool = False, inline: bool = False) -> Path:
+    project = work / ("modelserve-legacy" + ("-inline" if inline else "") if legacy else "modelserve")
     project.mkdir()
     for name in ("algopkg", "Model_ZOO"):
         (project / name).symlink_to(ROOT / name)
@@ -121,7 +121,7 @@ def _project(work: Path, port: int, dashboard_port: int, legacy: bool = False) -
     if legacy:
         if LEGACY_SECTION[0] not in conf:
             raise ServerError(f"bench/conf.ini has no {LEGACY_SECTION[0]!r} to replace")
-        conf = conf.replace(*LEGACY_SECTION)
+        conf = conf.replace(LEGACY_SECTION[0], LEGACY_SECTION[1] + ("model_calls = inline\n" if inline else ""))
     (project / "conf.ini").write_text(conf)
     return project
 
@@ -139,10 +139,10 @@ def _head_sessions(project: Path, dashboard_port: int) -> set[int]:
 
 
 @contextlib.contextmanager
-def modelserve(work: Path, body: Result, legacy: bool = False) -> Iterator[Running]:
+def modelserve(work: Path, body: Result, legacy: bool = False, inline: bool = False) -> Iterator[Running]:
     """This runtime with bench/conf.ini (its defaults), started and stopped by the real CLI."""
     port, dashboard_port = late_port(), free_port()
-    project = _project(work, port, dashboard_port, legacy)
+    project = _project(work, port, dashboard_port, legacy, inline)
     try:
         code, out = _controller([], project, 300)
         if code != 0:
@@ -166,9 +166,15 @@ def modelserve_legacy(work: Path, body: Result) -> contextlib.AbstractContextMan
     return modelserve(work, body, legacy=True)
 
 
+def modelserve_legacy_inline(work: Path, body: Result) -> contextlib.AbstractContextManager[Running]:
+    """The original-template package with `model_calls = inline`: what the opt-in buys (and costs: no timeout)."""
+    return modelserve(work, body, legacy=True, inline=True)
+
+
 SERVERS: dict[str, tuple[str, Callable[[Path, Result], contextlib.AbstractContextManager[Running]]]] = {
     "modelserve": ("modelserve (defaults)", modelserve),
     "legacy": ("modelserve, original-template package (defaults)", modelserve_legacy),
+    "inline": ("modelserve, original-template package, model_calls = inline", modelserve_legacy_inline),
     "ray": ("plain Ray Serve", ray_plain),
     "raytuned": ("Ray Serve (tuned)", ray_tuned),
     "litserve": ("LitServe (batched, 2 workers)", litserve),
