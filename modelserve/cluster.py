@@ -227,10 +227,11 @@ def _accepts_connections(gcs_address: str, timeout_s: float) -> None:
     except ValueError:
         raise ClusterError(f"the Ray address {gcs_address!r} is not host:port, e.g. head:6379") from None
     except OSError as exc:
-        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        # a refusal is an answer: only a wait that ran out says how to wait longer
+        reason = f"no answer; {_waited(timeout_s)}" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         raise ClusterError(
-            f"cannot reach the Ray cluster at {gcs_address}: nothing accepts connections there ({reason}; "
-            f"{_waited(timeout_s)}). Check that the cluster's head runs and that [MODEL SERVE] address "
+            f"cannot reach the Ray cluster at {gcs_address}: nothing accepts connections there ({reason}). "
+            "Check that the cluster's head runs and that [MODEL SERVE] address "
             "(or RAY_ADDRESS) names its GCS address"
         ) from None
 

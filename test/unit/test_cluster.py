@@ -126,7 +126,7 @@ def test_a_gcs_address_where_nothing_listens_fails_at_once(tmp_path: Path) -> No
     assert time.monotonic() - began < 2  # a TCP connect refused: no Ray code runs
     message = str(caught.value)
     assert f"cannot reach the Ray cluster at {dead}: nothing accepts connections there" in message
-    assert "--connect-timeout" in message and "[MODEL SERVE] address" in message
+    assert "waited" not in message and "[MODEL SERVE] address" in message  # refused at once: no wait to lengthen
 
 
 def test_a_gcs_port_that_never_answers_fails_within_the_timeout(tmp_path: Path) -> None:
