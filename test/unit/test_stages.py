@@ -97,15 +97,7 @@ def test_the_apply_table_of_a_stage_prints_the_stage_url(
     fake.details["http_options"] = {"host": "127.0.0.1", "port": 8123}
     conf = write_conf(make_project(tmp_path), {"address": fake.url, "port": 8123}, SPLIT)
 
-    def cluster(config: dict) -> None:
-        apps = {}
-        for app in config["applications"]:
-            row = healthy(route=app.get("route_prefix") or "")
-            row["deployed_app_config"] = app
-            apps[app["name"]] = row
-        fake.details["applications"] = apps
-
-    fake.on_deploy = cluster
+    fake.on_deploy = runs_what_it_is_given(fake)
     assert main(["-c", str(conf)]) == 0
     assert re.search(r"^algopkg\.Echo\s+http://127\.0\.0\.1:8123/echo\s", capsys.readouterr().out, re.M)
     assert main(["--stage", "grey", "-c", str(conf)]) == 0
