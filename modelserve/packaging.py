@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from modelserve import pysource
+
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints", ".git")
 
 
@@ -53,7 +55,7 @@ _REPLICA_ENTRY = "app"
 def _imported_modules(source: Path, runtime_dir: Path) -> set[str]:
     """modelserve modules a file imports (`from modelserve import x`, `from modelserve.x import y`)."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+    for node in ast.walk(pysource.parse(source.read_text(encoding="utf-8"), filename=str(source))):
         if isinstance(node, ast.ImportFrom) and node.module == "modelserve":
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("modelserve."):

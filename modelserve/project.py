@@ -9,6 +9,7 @@ import ast
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from modelserve import pysource
 from modelserve.warmup import WarmupError, read_warmup
 
 if TYPE_CHECKING:
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
 def _defines_class(backend_py: Path, name: str) -> bool:
     """Whether backend.py defines `name` at top level, found without importing it."""
-    tree = ast.parse(backend_py.read_text(encoding="utf-8"), filename=str(backend_py))
+    tree = pysource.parse(backend_py.read_text(encoding="utf-8"), filename=str(backend_py))
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == name:
             return True
