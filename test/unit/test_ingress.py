@@ -173,13 +173,13 @@ def test_an_unbatched_backend_gets_concurrent_requests_in_one_hand_off_each_answ
     replica: ModelReplica, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hand_offs: list[int] = []
-    run_each = replica._calls.run_each
+    run_each = replica._pipeline.calls.run_each
 
     def counted(fn: Any, batch: list[Any]) -> Any:
         hand_offs.append(len(batch))
         return run_each(fn, batch)
 
-    monkeypatch.setattr(replica._calls, "run_each", counted)
+    monkeypatch.setattr(replica._pipeline.calls, "run_each", counted)
 
     async def many() -> list[Any]:
         replica.reconfigure(ReplicaConfig({}, 8, 20).to_json())
@@ -229,7 +229,7 @@ def test_the_owner_of_a_split_route_answers_its_share_forwards_the_rest_and_copi
     monkeypatch.setattr("modelserve.router.Router._handle", lambda self, target: handle(target))
     monkeypatch.setattr("modelserve.router.COPY_WINDOW_S", 0.0)  # the loop runs only while a request does
     reconfigured = []
-    monkeypatch.setattr(replica._backend, "reconfigure", reconfigured.append)
+    monkeypatch.setattr(replica._pipeline.backend, "reconfigure", reconfigured.append)
 
     def target(app: str, weight: int) -> dict[str, Any]:
         return {"app": app, "deployment": "Echo", "section": f"algopkg.{app}", "weight": weight}

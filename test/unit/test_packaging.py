@@ -22,7 +22,16 @@ def test_a_staged_package_holds_only_that_package(tmp_path: Path) -> None:
 
 def test_the_runtime_holds_what_a_replica_runs_and_nothing_the_controller_runs() -> None:
     names = {p.name for p in packaging.replica_modules()}
-    assert {"__init__.py", "app.py", "ingress.py", "backend.py", "envelope.py", "errors.py", "replica_spec.py"} <= names
+    assert {
+        "__init__.py",
+        "app.py",
+        "ingress.py",
+        "pipeline.py",
+        "backend.py",
+        "envelope.py",
+        "errors.py",
+        "replica_spec.py",
+    } <= names
     assert not names & {"cli.py", "bench.py", "config.py", "plan.py", "cluster.py", "node.py", "status.py"}
 
 
