@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import requests
 
-from modelserve import plan, stages, status, traffic
+from modelserve import cmd_author, plan, stages, status, traffic
 from modelserve.apply import (
     ERRORS_FILE,
     apply,
@@ -387,7 +387,7 @@ def parser() -> argparse.ArgumentParser:
     main.add_argument("--stage", default="", type=_stage, help=stage_help)
     main.add_argument("--connect-timeout", default=CONNECT_TIMEOUT_S, type=_seconds, metavar="S", help=wait_help)
     main.set_defaults(func=cmd_apply, command="apply")
-    sub = main.add_subparsers(metavar="{apply,check,status,down,logs,openapi,metrics,bench}")
+    sub = main.add_subparsers(metavar="{apply,check,status,down,logs,openapi,metrics,bench,try,dev}")
 
     def command(name: str, func: Callable[[argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text)
@@ -422,6 +422,7 @@ def parser() -> argparse.ArgumentParser:
     bench_cmd.add_argument("-C", "--concurrency", type=int, default=8, help="connections (default 8)")
     bench_cmd.add_argument("-d", "--duration", type=float, default=10.0, help="seconds, at most (default 10)")
     bench_cmd.add_argument("-n", "--requests", type=int, help="stop after this many requests")
+    cmd_author.add_commands(command)
     return main
 
 

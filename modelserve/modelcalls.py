@@ -46,7 +46,7 @@ class ModelThread(Executor):
     for an awaited call: no `concurrent.futures.Future` to chain, one `call_soon_threadsafe` back."""
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         threading.Thread(target=self._work, name="model", daemon=True).start()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
@@ -79,9 +79,13 @@ class ModelThread(Executor):
         self._jobs.put(job)
         return future
 
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """The thread ends once the calls given before have run (`controller.py dev` replacing a version)."""
+        self._jobs.put(None)
+
     def _work(self) -> None:
-        while True:
-            self._jobs.get()()
+        while (job := self._jobs.get()) is not None:
+            job()
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None, done: Callable[[], None]) -> None:
