@@ -32,8 +32,13 @@ def cluster(cluster_options: dict[str, Any]) -> Iterator[TestCluster]:
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Each "0 failed" proof's wrk counts (test/wrk.py), also without `-s`."""
+    from helpers import MEASURED
     from wrk import REPORTS
 
+    if MEASURED:
+        terminalreporter.section(f"measured: {len(MEASURED)} time(s)")
+        for line in MEASURED:
+            terminalreporter.write_line(line)
     if REPORTS:
         terminalreporter.section(f"wrk: {len(REPORTS)} load phase(s), counts by kind")
         for line in REPORTS:

@@ -32,6 +32,8 @@ from modelserve.node import NodeSpec, free_port, late_port, node_env, ray_start_
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "test" / "fixtures"
+#: Times a proof measured (e.g. dev's reload), printed at the end of the run (conftest.py), also without `-s`.
+MEASURED: list[str] = []
 
 
 #: The Echo fixture package as a conf.ini section (POST, half a CPU).
