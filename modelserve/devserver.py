@@ -107,6 +107,7 @@ class DevServer:
             return
         if scope["type"] != "http":
             return
+        scope, send = inprocess.with_request_id(scope, send)
         path = scope["path"]
         for route, slot in self.routes():
             if path == route or path.startswith(route.rstrip("/") + "/") or route == "/":

@@ -13,6 +13,7 @@ import importlib.metadata
 import os
 import sys
 import traceback
+import uuid
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +144,25 @@ def package_traceback(exc: BaseException) -> str:
     return "".join(lines).rstrip("\n")
 
 
+def with_request_id(scope: Mapping[str, Any], send: Any) -> tuple[dict[str, Any], Any]:
+    """As Ray Serve's proxy does: the client's `x-request-id` (else a new one) goes to the route and
+    comes back as a response header."""
+    headers = list(scope["headers"])
+    request_id = next((v for k, v in headers if k == b"x-request-id"), b"")
+    if not request_id:
+        request_id = uuid.uuid4().hex.encode()
+        headers.append((b"x-request-id", request_id))
+
+    async def sending(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            answer = list(message.get("headers", []))
+            if not any(k.lower() == b"x-request-id" for k, _ in answer):
+                message = {**message, "headers": [*answer, (b"x-request-id", request_id)]}
+        await send(message)
+
+    return {**scope, "headers": headers}, sending
+
+
 @dataclass(frozen=True)
 class Answer:
     """What the route answered: the status, the headers (lower-case names) and the body bytes."""
@@ -185,7 +205,7 @@ async def call(
 ) -> Answer:
     """One request to the section's route `root` (`/extract`), or to a path under it (`/ping`)."""
     sent_headers = {"content-length": str(len(body)), **(headers or {})}
-    scope = request_scope(method, root + sub, root, sent_headers, query)
+    status, answer_headers, chunks = 500, {}, []
     given, done = False, asyncio.Event()
 
     async def receive() -> dict[str, Any]:
@@ -196,10 +216,7 @@ async def call(
         given = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    response = await pipeline.handle(Request(scope, receive))
-    status, answer_headers, chunks = 500, {}, []
-
-    async def send(message: MutableMapping[str, Any]) -> None:
+    async def collect(message: MutableMapping[str, Any]) -> None:
         nonlocal status, answer_headers
         if message["type"] == "http.response.start":
             status = message["status"]
@@ -207,6 +224,8 @@ async def call(
         elif message["type"] == "http.response.body":
             chunks.append(message.get("body", b""))
 
+    scope, send = with_request_id(request_scope(method, root + sub, root, sent_headers, query), collect)
+    response = await pipeline.handle(Request(scope, receive))
     try:
         await response(scope, receive, send)
     finally:

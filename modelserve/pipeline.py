@@ -199,7 +199,7 @@ class Pipeline:
             if isinstance(answer, Response):
                 return answer, True
             if isinstance(answer, RawResponse):
-                headers = {**self._headers, "x-request-id": request_id, **answer.headers}
+                headers = {**self._headers, **answer.headers}  # x-request-id: the proxy's (devserver's)
                 return Response(answer.body, media_type=answer.content_type, headers=headers), True
             return self._success(answer, request_id), True
         except ModelServeError as exc:

@@ -86,5 +86,5 @@ async def respond(stream: ItemStream, accept: str, request_id: str, headers: Map
             await stream.close()
 
     media_type = SSE if sse else NDJSON
-    extra = {"cache-control": "no-cache", "x-accel-buffering": "no", "x-request-id": request_id}
+    extra = {"cache-control": "no-cache", "x-accel-buffering": "no"}  # x-request-id: the proxy adds it
     return StreamingResponse(body(), media_type=media_type, headers={**headers, **extra})

@@ -6,16 +6,32 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from helpers import Reply, TestCluster, assert_error_envelope, call, controller_in_process, make_project, write_conf
+from helpers import (
+    REPO,
+    Reply,
+    TestCluster,
+    assert_error_envelope,
+    call,
+    controller_in_process,
+    make_project,
+    user_env,
+    wait_for,
+    write_conf,
+)
 from openapi_spec_validator import validate
+
+from modelserve.node import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -305,3 +321,83 @@ def test_a_client_that_leaves_stops_the_generator(conf: Path, cluster: TestClust
     assert produced[-1] == "closed" and len(produced) - 1 < 25
     threading.Event().wait(0.5)
     assert call(f"{cluster.base_url}/stream", {"n": 1}).status == 200
+
+
+#: Requests sent alike to the cluster and to `controller.py dev` on the same conf.ini: `(what, method,
+#: path, requests' keyword arguments)`. Every answer must be the same bytes, the same status and headers.
+SAME_REQUESTS: list[tuple[str, str, str, dict[str, Any]]] = [
+    ("JSON params", "POST", "/inputs", {"json": {"a": 1, "b": [1.5, "x"], "c": None}}),
+    ("query params", "POST", "/inputs?k=v&n=2", {"json": {}}),
+    ("a form upload", "POST", "/inputs", {"files": {"f": ("cat.jpg", JPEG, "image/jpeg"), "m": (None, '{"t": 1}')}}),
+    ("a raw body", "POST", "/inputs", {"data": PNG, "headers": {"Content-Type": "image/png"}}),
+    ("a raw answer", "POST", "/inputs?answer=raw", {"data": PNG, "headers": {"Content-Type": "image/png"}}),
+    ("numpy, bytes and dates", "POST", "/inputs", {"json": {"answer": "types"}}),
+    ("bad JSON", "POST", "/inputs", {"data": b"{oops", "headers": {"Content-Type": "application/json"}}),
+    ("a broken form", "POST", "/inputs", {"data": b"--x--", "headers": {"Content-Type": "multipart/form-data"}}),
+    ("a body over max_body_kb", "POST", "/inputs", {"data": b"x" * 66000}),
+    ("an unencodable result", "POST", "/inputs", {"json": {"answer": "unencodable"}}),
+    ("a wrong method", "GET", "/inputs", {}),
+    ("a wrong path", "GET", "/inputs/nope", {}),
+    ("no such route", "GET", "/nowhere", {}),
+    ("a ping", "GET", "/inputs/ping", {}),
+    ("the batched route", "POST", "/inputs/batch", {"json": {"a": 1}}),
+    ("the original template", "POST", "/inputs/legacy", {"json": {"a": 1}}),
+    ("typed params", "POST", "/typed", {"json": {"text": "ab", "times": 2, "box": {"width": 2, "height": 3}}}),
+    ("a Params error", "POST", "/typed", {"json": {"text": "", "times": 9, "box": {"width": 0}}}),
+    ("typed params in the query", "GET", "/typed?text=hi&times=3", {}),
+    ("an OpenAPI document", "GET", "/typed/openapi.json", {}),
+    ("a stream", "POST", "/stream", {"json": {"n": 3, "clock": False}}),
+    (
+        "server-sent events",
+        "POST",
+        "/stream",
+        {"json": {"n": 2, "clock": False}, "headers": {"Accept": "text/event-stream"}},
+    ),
+    ("a stream that fails", "POST", "/stream", {"json": {"n": 3, "fail_at": 1, "clock": False}}),
+    ("a stream refused", "POST", "/stream", {"json": {"n": -1}}),
+]
+#: Headers that differ by nature: who answered, when, and how the bytes were framed.
+NOT_COMPARED = {"x-modelserve-replica", "date", "server", "content-length", "transfer-encoding", "connection"}
+
+
+@pytest.fixture(scope="module")
+def dev_url(conf: Path) -> Iterator[str]:
+    """`controller.py dev` on the module's conf.ini, beside the cluster that serves it."""
+    port = free_port()
+    log = conf.parent / "dev.log"
+    with log.open("wb") as out:
+        command = [sys.executable, str(REPO / "controller.py"), "-c", str(conf), "dev", "--port", str(port)]
+        proc = subprocess.Popen(command, stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=user_env())
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: proc.poll() is not None or _pings(f"{url}/stream/ping"), 60, "the dev server")
+        assert proc.poll() is None, log.read_text()
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def _pings(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _answer(
+    base: str, method: str, path: str, kwargs: dict[str, Any], request_id: str
+) -> tuple[int, dict[str, str], bytes]:
+    headers = {**kwargs.get("headers", {}), "x-request-id": request_id}
+    response = requests.request(method, base + path, **{**kwargs, "headers": headers}, timeout=30)
+    kept = {k.lower(): v for k, v in response.headers.items() if k.lower() not in NOT_COMPARED}
+    return response.status_code, kept, response.content
+
+
+@pytest.mark.parametrize(("what", "method", "path", "kwargs"), SAME_REQUESTS, ids=[r[0] for r in SAME_REQUESTS])
+def test_dev_answers_byte_for_byte_as_the_cluster(
+    cluster: TestCluster, dev_url: str, what: str, method: str, path: str, kwargs: dict[str, Any]
+) -> None:
+    on_cluster = _answer(cluster.base_url, method, path, kwargs, f"same-{len(what)}")
+    in_dev = _answer(dev_url, method, path, kwargs, f"same-{len(what)}")
+    assert in_dev == on_cluster, f"{what}: dev {in_dev!r}\ncluster {on_cluster!r}"
