@@ -108,7 +108,8 @@ def load_section(config: Config, spec: SectionSpec, replica_id: str = "") -> Pip
         sys.path[:] = [root, *(p for p in sys.path if p != root)]
     loaded = sys.modules.get("algopkg")
     if loaded is not None and not any(str(p).startswith(root) for p in getattr(loaded, "__path__", [])):
-        del sys.modules["algopkg"]  # another project's algopkg/ was imported first
+        for name in [m for m in sys.modules if m == "algopkg" or m.startswith("algopkg.")]:
+            del sys.modules[name]  # another project's algopkg/ was imported first
     forget_package(spec.package)
     args = plan.replica_args(spec, config, model_digest="")
     # Compiled from the files as they are now: a cached .pyc is trusted by its source's mtime in whole

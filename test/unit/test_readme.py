@@ -1,6 +1,7 @@
 """The README does not lie: its commands exist, CI runs its test command, every key is documented."""
 
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,30 @@ def test_test_modules_have_unique_names() -> None:
     name in two tiers stop the whole collection."""
     names = [p.name for p in (Path(__file__).resolve().parents[1]).rglob("test_*.py") if "fixtures" not in p.parts]
     assert sorted({n for n in names if names.count(n) > 1}) == []
+
+
+def test_the_package_test_of_the_walkthrough_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's pytest example, run as an author runs it: from a project's root, on the
+    example section (of the repository's own conf.ini, without the keys or splits a user added)."""
+    import configparser
+
+    from helpers import OTHER_SECTIONS_KEYS, mirror_project
+
+    code = README.split("4. **Test it**")[1].split("```python")[1].split("```")[0]
+    project = mirror_project(tmp_path / "project")
+    shipped = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), interpolation=None)
+    shipped.read(ROOT / "conf.ini")
+    dropped = ("api_keys", *OTHER_SECTIONS_KEYS)
+    example = {k: v for k, v in shipped["algopkg.AlgoExample"].items() if k not in dropped}
+    serve = {k: v for k, v in shipped["MODEL SERVE"].items() if k != "api_keys"}
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read_dict({"MODEL SERVE": serve, "algopkg.AlgoExample": example})
+    with (project / "conf.ini").open("w") as out:
+        conf.write(out)
+    monkeypatch.chdir(project)
+    namespace: dict = {}
+    exec(compile(textwrap.dedent(code), "README.md", "exec"), namespace)
+    tests = [fn for name, fn in namespace.items() if name.startswith("test_")]
+    assert len(tests) == 1
+    for test in tests:
+        test()
