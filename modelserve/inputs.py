@@ -14,12 +14,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from modelserve.errors import BadRequest
+from modelserve.errors import BadRequest, PayloadTooLarge
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
 
 #: Where a raw (non-JSON, non-form) body arrives in params.
 RAW_KEY = "file"
@@ -185,3 +188,20 @@ def validate(model: Any, params: dict[str, Any]) -> Any:
             f"{'.'.join(str(p) for p in error['loc']) or 'params'}: {error['msg']}" for error in exc.errors()
         )
         raise BadRequest(f"invalid params ({exc.error_count()}): {problems}") from None
+
+
+async def read_body(request: Request, max_body: int) -> bytes:
+    """The request body, refused (413) beyond `max_body` bytes (`max_body_kb`) before the model sees it."""
+    declared = request.headers.get("content-length", "")
+    too_large = PayloadTooLarge(f"the request body is over this route's limit of {max_body // 1024} KiB")
+    if declared.isdigit():
+        if int(declared) > max_body:
+            raise too_large
+        return await request.body()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_body:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)

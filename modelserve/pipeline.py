@@ -41,7 +41,6 @@ from modelserve.errors import (
     ModelError,
     ModelServeError,
     NotFound,
-    PayloadTooLarge,
     Timeout,
 )
 from modelserve.modelcalls import ModelCalls
@@ -211,7 +210,9 @@ class Pipeline:
 
     async def _route(self, request: Request, request_id: str) -> Any:
         params: Any = inputs.parse_params(
-            await self._body(request), request.query_params, request.headers.get("content-type", "")
+            await inputs.read_body(request, self._max_body),
+            request.query_params,
+            request.headers.get("content-type", ""),
         )
         if self._params_model is not None:
             params = inputs.validate(self._params_model, params)
@@ -221,22 +222,6 @@ class Pipeline:
             # Logged whatever access_log says, as a 500 is: the model call goes on, and may be stuck.
             logger.warning("request %s: the model ran past timeout_s = %g s; answered 504", request_id, self._timeout_s)
             raise Timeout(f"the model did not answer within {self._timeout_s:g} s (the section's timeout_s)") from None
-
-    async def _body(self, request: Request) -> bytes:
-        """The request body, refused (413) beyond `max_body_kb` before the model sees it."""
-        declared = request.headers.get("content-length", "")
-        too_large = PayloadTooLarge(f"the request body is over this route's limit of {self._max_body // 1024} KiB")
-        if declared.isdigit():
-            if int(declared) > self._max_body:
-                raise too_large
-            return await request.body()
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self._max_body:
-                raise too_large
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     async def _infer(self, request: Request, params: Any, request_id: str) -> Any:
         if self._streams:  # the timeout covers the first item
