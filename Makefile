@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup serve status down test lint bench
+.PHONY: setup serve dev status down test lint bench
 
 setup: $(VENV)/.installed
 
@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml
 
 serve: setup          ## set up, start a local Ray cluster if none is reachable, deploy conf.ini
 	$(BIN)/python controller.py
+
+dev: setup            ## serve conf.ini from one local process (no Ray), reloading what you edit
+	$(BIN)/python controller.py dev
 
 status: setup
 	$(BIN)/python controller.py status
