@@ -30,7 +30,7 @@ from modelserve import raycompat
 from modelserve.fit import ClusterResources, Held, Node
 from modelserve.node import NodeSpec, chosen_ports, ensure_token, free_port, has_token, node_env, ray_start_command
 from modelserve.packaging import tree_digest
-from modelserve.settings import ServeSettings
+from modelserve.serve_settings import ServeSettings
 
 STATE_FILE = "cluster.json"
 

@@ -13,7 +13,7 @@ from helpers import silent_port
 
 from modelserve import cluster
 from modelserve.node import free_port
-from modelserve.settings import ServeSettings
+from modelserve.serve_settings import ServeSettings
 
 
 def settings(**values: object) -> ServeSettings:
