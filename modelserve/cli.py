@@ -29,9 +29,10 @@ from modelserve.apply import (
     wait,
     warn_about_http_options,
 )
-from modelserve.cluster import CONNECT_TIMEOUT_S, Cluster, ClusterError, resolve_dashboard, stop_local_head
+from modelserve.cluster import CONNECT_TIMEOUT_S, Cluster, ClusterError, resolve_dashboard
 from modelserve.config import ConfigError, load_config
 from modelserve.fit import ClusterResources, Node, fit_problems
+from modelserve.localhead import stop_local_head
 from modelserve.settings import PACKAGE_PREFIX, Config
 from modelserve.timings import Phases
 from modelserve.warmup import read_warmup

@@ -14,11 +14,11 @@ def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
     import modelserve.cli
-    import modelserve.cluster
+    import modelserve.localhead
     import modelserve.node
 
     monkeypatch.setattr(ray, "init", forbidden)
-    monkeypatch.setattr(modelserve.cluster, "start_local_head", forbidden)
+    monkeypatch.setattr(modelserve.localhead, "start_local_head", forbidden)
     monkeypatch.setattr(modelserve.cli, "Cluster", forbidden)
     monkeypatch.setattr(modelserve.node.os, "execve", forbidden)
 
