@@ -14,7 +14,7 @@ import psutil
 import requests
 
 from modelserve import raycompat
-from modelserve.cluster import session_members, stop_session  # noqa: F401 - used by run.py too
+from modelserve.localhead import session_members, stop_session  # noqa: F401 - used by run.py too
 from modelserve.node import free_port, late_port  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,19 +13,16 @@ import mimetypes
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from modelserve import inprocess
+from modelserve.cmd_common import EXIT_CONFIG, EXIT_UNHEALTHY, Subparsers, add_command
 from modelserve.config import load_config
 
-Command = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
 
-
-def add_commands(command: Command) -> None:
-    """`try` and `dev`, made by the CLI's `command(name, func, help)` (which adds the shared options)."""
-    run = command("try", cmd_try, "load one section in this process (no Ray) and send it one request")
+def register(sub: Subparsers) -> None:
+    run = add_command(sub, "try", cmd_try, "load one section in this process (no Ray) and send it one request")
     run.add_argument("section", help="a section of conf.ini (algopkg.AlgoExample, AlgoExample) or its route")
     body = run.add_mutually_exclusive_group()
     body.add_argument("--params", metavar="JSON", help="JSON params, e.g. '{\"x\": [0, 1]}' (default: the warm-up)")
@@ -34,7 +31,7 @@ def add_commands(command: Command) -> None:
     run.add_argument("--content-type", help="of --body (default: guessed from the file name)")
     run.add_argument("-H", "--header", action="append", default=[], help="'Name: value', e.g. an API key")
     run.add_argument("-n", "--calls", type=int, default=1, metavar="N", help="send it N times; print p50 (default 1)")
-    dev = command("dev", cmd_dev, "serve every section from this process (no Ray), reloading what you edit")
+    dev = add_command(sub, "dev", cmd_dev, "serve every section from this process (no Ray), reloading what you edit")
     dev.add_argument("--port", type=int, help="HTTP port (default: conf.ini's port)")
     dev.add_argument("--host", help="bind address (default: 127.0.0.1)")
 
@@ -86,13 +83,13 @@ def cmd_try(args: argparse.Namespace) -> int:
         body, headers, source = _request(args, config.algopkg_dir.parent, warmup)
     except (inprocess.LocalError, TryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     started = time.perf_counter()
     try:
         pipeline = inprocess.load_section(config, spec)
     except Exception as exc:  # the package's own error: its traceback, not ours
         print(f"[{spec.section}] did not load:\n{inprocess.package_traceback(exc)}", file=sys.stderr)
-        return 1
+        return EXIT_UNHEALTHY
     loaded_s = time.perf_counter() - started
     phases = ", ".join(f"{_PHASES.get(p, p)} {s:.2f} s" for p, s in pipeline.load_seconds.items())
     print(f"[{spec.section}] loaded in {loaded_s:.2f} s ({phases}), in this process", file=sys.stderr)
@@ -111,7 +108,7 @@ def cmd_try(args: argparse.Namespace) -> int:
     failed = [a.status for a in answers if not 200 <= a.status < 300]
     if failed and len(answers) > 1:
         print(f"{len(failed)} of {len(answers)} call(s) were not answered 2xx: {sorted(set(failed))}", file=sys.stderr)
-    return 1 if failed else 0
+    return EXIT_UNHEALTHY if failed else 0
 
 
 async def _calls(

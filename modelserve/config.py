@@ -18,7 +18,8 @@ from typing import Any
 from modelserve import auth, keys, traffic
 from modelserve.keys import Key
 from modelserve.project import check_section
-from modelserve.settings import SECTION_KEYS, SERVE_KEYS, Config, SectionSpec, ServeSettings
+from modelserve.serve_settings import ServeSettings
+from modelserve.settings import SECTION_KEYS, SERVE_KEYS, Config, SectionSpec
 
 SERVE_SECTION = "MODEL SERVE"
 SECTION_RE = re.compile(r"^algopkg\.([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z0-9_-]+))?$")

@@ -1,7 +1,7 @@
-"""The typed settings of a conf.ini: `[MODEL SERVE]`, one spec per section, the whole file.
+"""The typed settings of a conf.ini: one spec per section, the whole file (`[MODEL SERVE]`: serve_settings.py).
 
-Every conf.ini key is declared here once, as a field made by `keys.conf_key`: its parser,
-default, what a change does, an example and one line of help. config.py reads a file into
+Every conf.ini key is declared once, here or in serve_settings.py, as a field made by `keys.conf_key`:
+its parser, default, what a change does, an example and one line of help. config.py reads a file into
 these; the planner and the README check read the declarations.
 """
 
@@ -13,107 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from modelserve import keys
-from modelserve.keys import IN_PLACE, LOCAL_START, NEXT_RUN, ROLL_OUT, SERVE_RESTART, conf_key, declared_keys
+from modelserve.keys import IN_PLACE, ROLL_OUT, conf_key, declared_keys
+from modelserve.serve_settings import ServeSettings
 
 PACKAGE_PREFIX = "algopkg."
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """The `[MODEL SERVE]` section: where and how the whole service runs."""
-
-    root: Path
-    port: int = conf_key(
-        "port",
-        keys.whole(1, 65535),
-        default="8000",
-        change=SERVE_RESTART,
-        example="8000",
-        help="HTTP port of the service",
-    )
-    host: str = conf_key(
-        "host",
-        keys.host,
-        default="127.0.0.1",
-        change=SERVE_RESTART,
-        example="0.0.0.0",
-        help="bind address; 0.0.0.0 only when other hosts must reach it",
-    )
-    address: str = conf_key(
-        "address",
-        keys.address,
-        default="auto",
-        change=NEXT_RUN,
-        example="head:6379",
-        help="Ray cluster: auto | local | http://head:8265 (dashboard) | head:6379 (GCS)",
-    )
-    model_zoo: Path = conf_key(
-        "model_zoo",
-        Path,
-        default="Model_ZOO",
-        change=ROLL_OUT,
-        example="/data/Model_ZOO",
-        help="directory of model files, the same path on every node",
-    )
-    dashboard_port: int = conf_key(
-        "dashboard_port",
-        keys.whole(1, 65535),
-        default="8265",
-        change=LOCAL_START,
-        example="8266",
-        help="dashboard port of the local cluster the controller starts",
-    )
-    local_cpus: int | None = conf_key(
-        "local_cpus",
-        keys.optional_whole(1, 4096),
-        default="auto",
-        change=LOCAL_START,
-        example="2",
-        help="CPUs of the local cluster the controller starts",
-    )
-    local_gpus: int | None = conf_key(
-        "local_gpus",
-        keys.optional_whole(0, 1024),
-        default="auto",
-        change=LOCAL_START,
-        example="1",
-        help="GPUs of the local cluster the controller starts",
-    )
-    deploy_timeout_s: float = conf_key(
-        "deploy_timeout_s",
-        keys.number(1, 86400),
-        default="300",
-        change=NEXT_RUN,
-        example="600",
-        help="how long `controller.py` waits for sections to be healthy",
-    )
-    ingress: str = conf_key(
-        "ingress",
-        keys.ingress,
-        default="fast",
-        change=LOCAL_START,
-        example="proxy",
-        help="fast = HAProxy ingress; proxy = Ray Serve's Python proxy",
-    )
-    access_log: str = conf_key(
-        "access_log",
-        keys.access_log,
-        default="off",
-        change=IN_PLACE,
-        example="json",
-        help="on = Ray Serve's line per request; json = one JSON line per request (both cost throughput)",
-    )
-    api_keys: str = conf_key(
-        "api_keys",
-        keys.text,
-        default="",
-        change=IN_PLACE,
-        example="api_keys.txt",
-        help="file of API keys every route requires (relative to conf.ini); empty = open",
-    )
-
-    def key_file(self, value: str) -> Path | None:
-        return (self.root / value).resolve() if value else None
 
 
 @dataclass(frozen=True)
@@ -353,7 +256,7 @@ class SectionSpec:
         return f"{self.stage}.{name}" if self.stage else name
 
 
-#: `{conf.ini name: (field name, Key)}`, derived from the dataclasses above.
+#: `{conf.ini name: (field name, Key)}`, derived from the dataclasses.
 SERVE_KEYS = declared_keys(ServeSettings)
 SECTION_KEYS = declared_keys(SectionSpec)
 

@@ -27,7 +27,8 @@ from typing import Any
 import psutil
 
 from modelserve import raycompat
-from modelserve.cluster import Cluster, dashboard_answers, session_members, stop_session
+from modelserve.cluster import Cluster, dashboard_answers
+from modelserve.localhead import session_members, stop_session
 from modelserve.node import NodeSpec, free_port, late_port, node_env, ray_start_command
 
 REPO = Path(__file__).resolve().parents[1]

@@ -34,7 +34,8 @@ from helpers import (
 )
 from PIL import Image
 
-from modelserve.cluster import Cluster, dashboard_answers, session_members
+from modelserve.cluster import Cluster, dashboard_answers
+from modelserve.localhead import session_members
 from modelserve.node import free_port, late_port
 
 pytestmark = pytest.mark.e2e

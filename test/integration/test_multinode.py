@@ -38,7 +38,8 @@ from helpers import (
 
 from modelserve import raycompat
 from modelserve.cli import main
-from modelserve.cluster import Cluster, dashboard_answers, session_members, stop_session, use_token_if_available
+from modelserve.cluster import Cluster, dashboard_answers, use_token_if_available
+from modelserve.localhead import session_members, stop_session
 from modelserve.node import free_port, late_port
 
 pytestmark = pytest.mark.integration

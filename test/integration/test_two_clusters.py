@@ -19,7 +19,7 @@ from helpers import call, controller_in_process, listeners, make_project, wait_f
 from wrk import WrkLoad, assert_no_failure
 
 from modelserve import raycompat
-from modelserve.cluster import STATE_FILE, LocalHead, read_local_head
+from modelserve.localhead import STATE_FILE, LocalHead, read_local_head
 from modelserve.node import free_port, late_port
 
 pytestmark = pytest.mark.integration

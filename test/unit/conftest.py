@@ -13,22 +13,22 @@ def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
 
     import ray
 
-    import modelserve.cli
-    import modelserve.cluster
+    import modelserve.cmd_common
+    import modelserve.localhead
     import modelserve.node
 
     monkeypatch.setattr(ray, "init", forbidden)
-    monkeypatch.setattr(modelserve.cluster, "start_local_head", forbidden)
-    monkeypatch.setattr(modelserve.cli, "Cluster", forbidden)
+    monkeypatch.setattr(modelserve.localhead, "start_local_head", forbidden)
+    monkeypatch.setattr(modelserve.cmd_common, "Cluster", forbidden)
     monkeypatch.setattr(modelserve.node.os, "execve", forbidden)
 
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDashboard]:
     """A fake dashboard (no Ray behind it) that the CLI may talk to."""
-    import modelserve.cli
     import modelserve.cluster
+    import modelserve.cmd_common
 
-    monkeypatch.setattr(modelserve.cli, "Cluster", modelserve.cluster.Cluster)
+    monkeypatch.setattr(modelserve.cmd_common, "Cluster", modelserve.cluster.Cluster)
     with fake_dashboard() as dashboard:
         yield dashboard

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from helpers import make_project, write_conf
 
-from modelserve.cli import cmd_apply, main, parser
+from modelserve.cli import main, parser
+from modelserve.cmd_deploy import cmd_apply
 from modelserve.config import ConfigError
 from modelserve.node import free_port
 

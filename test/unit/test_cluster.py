@@ -1,10 +1,6 @@
-"""cluster.py without Ray: finding the dashboard, the local head's record, stopping a session."""
+"""cluster.py without Ray: finding the dashboard, connecting, reading what a cluster holds."""
 
-import json
 import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,7 +9,7 @@ from helpers import silent_port
 
 from modelserve import cluster
 from modelserve.node import free_port
-from modelserve.settings import ServeSettings
+from modelserve.serve_settings import ServeSettings
 
 
 def settings(**values: object) -> ServeSettings:
@@ -34,77 +30,6 @@ def test_local_without_a_cluster_is_none_unless_it_may_start_one(tmp_path: Path)
     assert cluster.resolve_dashboard(local, tmp_path, start=False) is None
     with pytest.raises(AssertionError, match="must not start"):  # the unit tier forbids starting Ray
         cluster.resolve_dashboard(local, tmp_path, start=True)
-
-
-def test_held_ports_are_named_with_their_key_and_holder() -> None:
-    with socket.socket() as http, socket.socket() as dashboard:
-        for sock in (http, dashboard):
-            sock.bind(("0.0.0.0" if sock is http else "127.0.0.1", 0))
-            sock.listen()
-        held = settings(port=http.getsockname()[1], dashboard_port=dashboard.getsockname()[1])
-        with pytest.raises(cluster.ClusterError) as caught:
-            cluster.refuse_taken_ports(held)
-    message = str(caught.value)
-    for key, port in (("port", held.port), ("dashboard_port", held.dashboard_port)):
-        assert f"[MODEL SERVE] {key} = {port}: port {port} is held by python" in message, message
-        assert f"set `{key}` in conf.ini to a free port" in message
-    cluster.refuse_taken_ports(held)  # closed now: nothing to refuse
-
-
-def test_a_port_left_in_time_wait_is_not_held() -> None:
-    with socket.socket() as server:
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as HAProxy and uvicorn do
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        client = socket.create_connection(server.getsockname())
-        accepted, _ = server.accept()
-        accepted.close()  # the server side closes first: its port keeps a TIME_WAIT connection
-        client.close()
-        port = server.getsockname()[1]
-    cluster.refuse_taken_ports(settings(port=port, dashboard_port=free_port()))
-
-
-def test_each_project_s_head_has_a_short_temp_dir_of_its_own(tmp_path: Path) -> None:
-    deep = tmp_path / ("d" * 120) / ".modelserve"
-    first, second = cluster.local_temp_dir(deep), cluster.local_temp_dir(tmp_path / ".modelserve")
-    assert first != second and first == cluster.local_temp_dir(deep) and first.startswith("/tmp/ray-")
-    assert len(first) + len("/session_2026-12-06_01-12-23_123456_1234567/sockets/plasma_store") < 107
-
-
-def test_a_recorded_head_is_used_only_while_its_process_lives(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
-    record = {"pid": proc.pid, "dashboard_url": "http://127.0.0.1:1", "gcs_address": "x", "log_path": "y"}
-    (tmp_path / cluster.STATE_FILE).write_text(json.dumps(record))
-    try:
-        assert cluster.read_local_head(tmp_path) == cluster.LocalHead(**record)
-        assert cluster.resolve_dashboard(settings(address="local"), tmp_path, start=False) == "http://127.0.0.1:1"
-    finally:
-        assert cluster.stop_local_head(tmp_path)
-    assert proc.wait(timeout=10) is not None
-    assert cluster.read_local_head(tmp_path) is None and not (tmp_path / cluster.STATE_FILE).exists()
-    (tmp_path / cluster.STATE_FILE).write_text("{not json")
-    assert cluster.read_local_head(tmp_path) is None
-
-
-def test_stop_session_stops_every_process_of_the_session_and_nothing_else() -> None:
-    """A leader that started a child in its session; the child ignores SIGTERM and is killed."""
-    child = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
-    spawn = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(120)"
-    leader = subprocess.Popen([sys.executable, "-c", spawn], start_new_session=True)
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
-    try:
-        deadline = time.monotonic() + 10
-        while len(cluster.session_members(leader.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        members = cluster.session_members(leader.pid)
-        assert len(members) == 2 and leader.pid in members
-        cluster.stop_session(leader.pid, grace_s=1)
-        assert cluster.session_members(leader.pid) == []
-        assert bystander.poll() is None
-    finally:
-        leader.wait(timeout=5)
-        bystander.kill()
-        bystander.wait()
 
 
 def test_the_token_is_used_when_one_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
