@@ -26,6 +26,8 @@ from typing import Any
 from modelserve.modelstore import ModelStoreError, StoredFile, s3_client, store_error
 
 _CHUNK_BYTES = 1 << 20
+#: How long one read of a download may wait for bytes before it is retried, then fails.
+_READ_TIMEOUT_S = 30
 #: This process's shared `use` locks, by blob key: held until the process ends (or `release_all`).
 _HELD: dict[str, int] = {}
 
@@ -49,7 +51,7 @@ def fetch(store_uri: str, files: Sequence[StoredFile], cache_dir: Path | str, ca
 
     def client() -> Any:
         if not clients:
-            clients.append(s3_client())
+            clients.append(s3_client(read_timeout_s=_READ_TIMEOUT_S))
         return clients[0]
 
     blobs = [_hold(cache, f, cap_bytes, client) for f in files]

@@ -17,8 +17,10 @@ from modelserve.errors import ModelServeError
 
 ACCEPTED_FORMS = "a file name ('w.npz'), a numbered version ('digits@3') or the highest one ('digits@latest')"
 _VERSION = re.compile(r"0|[1-9][0-9]*")
-#: S3 requests fail fast: `check` must say "endpoint unreachable" in seconds, not minutes.
-_S3_TIMEOUT_S = 3
+#: S3 requests fail fast: `check` must say "endpoint unreachable" in seconds, not minutes
+#: (2 attempts of a 2 s connect or a 2 s wait for an answer, a backoff: under 7 s for a store that never answers).
+_S3_CONNECT_TIMEOUT_S = 2
+_S3_LIST_TIMEOUT_S = 2
 _S3_ATTEMPTS = 2
 
 
@@ -195,7 +197,7 @@ class S3Store(Store):
         self.bucket = bucket
         self.prefix = prefix
         self.uri = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
-        self._client = s3_client()
+        self._client = s3_client(read_timeout_s=_S3_LIST_TIMEOUT_S)
 
     def _key(self, *parts: str) -> str:
         return "/".join(p for p in (self.prefix, *parts) if p)
@@ -248,14 +250,17 @@ class S3Store(Store):
                 raise ModelStoreError(f"{uri}: no such bucket {self.bucket!r}") from exc
 
 
-def s3_client() -> Any:
-    """A boto3 S3 client from the standard AWS environment, with short timeouts and few retries."""
+def s3_client(read_timeout_s: float) -> Any:
+    """A boto3 S3 client from the standard AWS environment, with short timeouts and few retries.
+
+    `read_timeout_s` is how long one read of the answer may wait (a download's chunk, a listing).
+    """
     import boto3
     from botocore.config import Config
 
     config = Config(
-        connect_timeout=_S3_TIMEOUT_S,
-        read_timeout=_S3_TIMEOUT_S * 4,
+        connect_timeout=_S3_CONNECT_TIMEOUT_S,
+        read_timeout=read_timeout_s,
         retries={"max_attempts": _S3_ATTEMPTS, "mode": "standard"},
     )
     return boto3.session.Session().client("s3", config=config)
@@ -264,18 +269,20 @@ def s3_client() -> Any:
 def store_error(uri: str, exc: Exception) -> ModelStoreError:
     """A boto3/botocore exception -> ModelStoreError naming the URI and the cause in plain words."""
     from botocore.exceptions import (
+        ConnectionClosedError,
         ConnectionError,
         FlexibleChecksumError,
         IncompleteReadError,
         NoCredentialsError,
         PartialCredentialsError,
+        ReadTimeoutError,
         ResponseStreamingError,
     )
 
     code = _code(exc)
     if isinstance(exc, (IncompleteReadError, ResponseStreamingError, FlexibleChecksumError)):
         cause = f"the download was cut or corrupted ({exc}); try again"
-    elif isinstance(exc, ConnectionError):
+    elif isinstance(exc, (ConnectionError, ReadTimeoutError, ConnectionClosedError)):
         cause = f"endpoint unreachable ({exc}); check AWS_ENDPOINT_URL and that the store is up"
     elif isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         cause = "no AWS credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"

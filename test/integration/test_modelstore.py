@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -129,7 +130,20 @@ def test_a_stopped_server_is_an_unreachable_endpoint_within_seconds(monkeypatch:
         open_store("s3://models/zoo").resolve(parse_ref("w.npz"))
     with pytest.raises(ModelStoreError, match="endpoint unreachable"):
         open_store("s3://models/zoo").versions("digits")
+    MEASURED.append(f"model store: a stopped server is named unreachable in {time.monotonic() - started:.1f} s (twice)")
     assert time.monotonic() - started < 5
+
+
+def test_a_store_that_never_answers_is_an_unreachable_endpoint_within_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # connects (the kernel's backlog), never answers
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        started = time.monotonic()
+        with pytest.raises(ModelStoreError, match=r"s3://models/zoo/digits/: endpoint unreachable \(Read timeout"):
+            open_store("s3://models/zoo").versions("digits")
+    MEASURED.append(
+        f"model store: a store that never answers is named unreachable in {time.monotonic() - started:.1f} s"
+    )
+    assert time.monotonic() - started < 10
 
 
 def _fetch_in_a_process(zoo: str, ref: str, cache: str, start: Any, hold: Any, answers: Any) -> None:
