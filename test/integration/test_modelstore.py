@@ -121,6 +121,27 @@ def test_what_is_missing_is_named_with_its_uri(bucket: str, zoo: str, ref: str, 
     assert str(caught.value).startswith(message.format(bucket=bucket))
 
 
+def test_credentials_without_a_grant_are_access_denied(
+    s3: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+    import moto.settings
+
+    iam = boto3.client("iam", endpoint_url=s3.endpoint)  # moto's IAM, on the same server
+    iam.create_user(UserName=f"reader-{bucket}")  # a user with no policy: may read nothing
+    key = iam.create_access_key(UserName=f"reader-{bucket}")["AccessKey"]
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # the server now checks IAM
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    store = open_store(f"s3://{bucket}/zoo")
+    for ref, uri in (("w.npz", "zoo/w.npz"), ("digits@1", "zoo/digits/1/")):
+        with pytest.raises(ModelStoreError, match=rf"^s3://{bucket}/{uri}: access denied"):
+            store.resolve(parse_ref(ref))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIANOSUCHKEY")
+    with pytest.raises(ModelStoreError, match=r"the credentials were refused \(InvalidAccessKeyId\)"):
+        open_store(f"s3://{bucket}/zoo").versions("digits")
+
+
 def test_a_stopped_server_is_an_unreachable_endpoint_within_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
     gone = S3Server()
     gone.stop()
