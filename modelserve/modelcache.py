@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,7 @@ _CHUNK_BYTES = 1 << 20
 _READ_TIMEOUT_S = 30
 #: This process's shared `use` locks, by blob key: held until the process ends (or `release_all`).
 _HELD: dict[str, int] = {}
+_HELD_LOCK = threading.Lock()
 
 
 def fetch(store_uri: str, files: Sequence[StoredFile], cache_dir: Path | str, cap_bytes: int) -> list[Path]:
@@ -61,8 +63,9 @@ def fetch(store_uri: str, files: Sequence[StoredFile], cache_dir: Path | str, ca
 
 def release_all() -> None:
     """Drops this process's marks on the blobs it fetched (a process's end does the same)."""
-    while _HELD:
-        os.close(_HELD.popitem()[1])
+    with _HELD_LOCK:
+        while _HELD:
+            os.close(_HELD.popitem()[1])
 
 
 def blob_key(file: StoredFile) -> str:
@@ -72,10 +75,11 @@ def blob_key(file: StoredFile) -> str:
 def _hold(cache: Path, file: StoredFile, cap_bytes: int, client: Callable[[], Any]) -> Path:
     key = blob_key(file)
     blob = cache / "blobs" / key
-    if key not in _HELD:
-        use = os.open(cache / "locks" / f"{key}.use", os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(use, fcntl.LOCK_SH)
-        _HELD[key] = use
+    with _HELD_LOCK:
+        if key not in _HELD:
+            use = os.open(cache / "locks" / f"{key}.use", os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(use, fcntl.LOCK_SH)
+            _HELD[key] = use
     if blob.is_file():
         os.utime(blob)  # last used: the eviction order
         return blob

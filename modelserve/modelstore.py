@@ -71,6 +71,12 @@ class Resolved:
     def pinned(self) -> str:
         return self.ref.text
 
+    @property
+    def digest(self) -> str:
+        """Changes when a file is added, removed, renamed or has new content (a new ETag): what rolls a section."""
+        listing = "\0".join(f"{f.name}\0{f.etag}" for f in self.files)
+        return hashlib.sha256(listing.encode()).hexdigest()[:16]
+
 
 def parse_ref(text: str) -> ModelRef:
     """`digits@3`, `digits@latest` or a plain file name (which may contain `/`) -> ModelRef.

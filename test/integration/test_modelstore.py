@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import os
 import socket
 import time
 import uuid
@@ -95,6 +96,10 @@ def test_a_local_directory_store_resolves_the_same_way(tmp_path: Path) -> None:
     paths = modelcache.fetch(store.uri, latest.files, tmp_path / "cache", 1 << 20)
     assert paths == [tmp_path / "digits" / "4" / "a.bin", tmp_path / "digits" / "4" / "sub" / "b.bin"]
     assert not (tmp_path / "cache").exists()  # a local store needs no cache
+    os.utime(paths[0], (1, 1))
+    assert store.resolve(parse_ref("digits@4")).digest == latest.digest  # a touch does not roll
+    paths[0].write_bytes(b"A")
+    assert store.resolve(parse_ref("digits@4")).digest != latest.digest  # new content, same size, does
     with pytest.raises(ModelStoreError, match=r"digits/2/: no such version; the versions there are: 1, 4"):
         store.resolve(parse_ref("digits@2"))
     with pytest.raises(ModelStoreError, match=r"nope\.npz: no such file"):
@@ -247,11 +252,14 @@ def test_a_changed_object_is_a_new_entry_and_the_old_etag_is_not_served_as_new(
     s3: S3Server, bucket: str, tmp_path: Path
 ) -> None:
     zoo, cache = f"s3://{bucket}/zoo", tmp_path / "cache"
-    old = open_store(zoo).resolve(parse_ref("w.npz")).files
+    before = open_store(zoo).resolve(parse_ref("w.npz"))
+    old = before.files
+    assert open_store(zoo).resolve(parse_ref("w.npz")).digest == before.digest
     (old_path,) = modelcache.fetch(zoo, old, cache, 1 << 30)
     s3.client().put_object(Bucket=bucket, Key="zoo/w.npz", Body=b"v" * 1000)
-    new = open_store(zoo).resolve(parse_ref("w.npz")).files
-    assert new[0].etag != old[0].etag
+    after = open_store(zoo).resolve(parse_ref("w.npz"))
+    new = after.files
+    assert new[0].etag != old[0].etag and after.digest != before.digest  # the section rolls
     (new_path,) = modelcache.fetch(zoo, new, cache, 1 << 30)
     assert new_path != old_path and new_path.read_bytes() == b"v" * 1000 and old_path.read_bytes() == b"w" * 1000
     assert len(list((cache / "blobs").iterdir())) == 2 and s3.gets(f"{bucket}/zoo/w.npz") == 2
