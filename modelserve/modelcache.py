@@ -29,7 +29,7 @@ from modelserve.modelstore import ModelStoreError, StoredFile, s3_client, store_
 _CHUNK_BYTES = 1 << 20
 #: How long one read of a download may wait for bytes before it is retried, then fails.
 _READ_TIMEOUT_S = 30
-#: This process's shared `use` locks, by blob key: held until the process ends (or `release_all`).
+#: This process's shared `use` locks, by lock file: held until the process ends (or `release_all`).
 _HELD: dict[str, int] = {}
 _HELD_LOCK = threading.Lock()
 
@@ -68,18 +68,19 @@ def release_all() -> None:
             os.close(_HELD.popitem()[1])
 
 
-def blob_key(file: StoredFile) -> str:
+def _blob_key(file: StoredFile) -> str:
     return hashlib.sha256(f"{file.etag}\0{file.size}".encode()).hexdigest()[:32]
 
 
 def _hold(cache: Path, file: StoredFile, cap_bytes: int, client: Callable[[], Any]) -> Path:
-    key = blob_key(file)
+    key = _blob_key(file)
     blob = cache / "blobs" / key
+    mark = cache / "locks" / f"{key}.use"
     with _HELD_LOCK:
-        if key not in _HELD:
-            use = os.open(cache / "locks" / f"{key}.use", os.O_RDWR | os.O_CREAT, 0o644)
+        if str(mark) not in _HELD:
+            use = os.open(mark, os.O_RDWR | os.O_CREAT, 0o644)
             fcntl.flock(use, fcntl.LOCK_SH)
-            _HELD[key] = use
+            _HELD[str(mark)] = use
     if blob.is_file():
         os.utime(blob)  # last used: the eviction order
         return blob

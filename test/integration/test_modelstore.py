@@ -104,6 +104,9 @@ def test_a_local_directory_store_resolves_the_same_way(tmp_path: Path) -> None:
         store.resolve(parse_ref("digits@2"))
     with pytest.raises(ModelStoreError, match=r"nope\.npz: no such file"):
         store.resolve(parse_ref("nope.npz"))
+    (tmp_path / "digits" / "5").mkdir()  # an upload not begun yet
+    with pytest.raises(ModelStoreError, match=r"digits/5/: version 5 holds no files"):
+        store.resolve(parse_ref("digits@latest"))
 
 
 @pytest.mark.parametrize(
