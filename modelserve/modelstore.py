@@ -1,0 +1,312 @@
+"""Where model files live: a local directory or `s3://bucket/prefix`, refs by name and version.
+
+`model = w.npz` names one file; `model = digits@3` names every file under `<zoo>/digits/3/` (Triton's
+layout); `digits@latest` is the highest numbered version, pinned when resolved. No Ray here: the
+controller resolves refs, a replica's node fetches what was resolved (`modelserve.modelcache`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelserve.errors import ModelServeError
+
+ACCEPTED_FORMS = "a file name ('w.npz'), a numbered version ('digits@3') or the highest one ('digits@latest')"
+_VERSION = re.compile(r"0|[1-9][0-9]*")
+#: S3 requests fail fast: `check` must say "endpoint unreachable" in seconds, not minutes
+#: (2 attempts of a 2 s connect or a 2 s wait for an answer, a backoff: under 7 s for a store that never answers).
+_S3_CONNECT_TIMEOUT_S = 2
+_S3_LIST_TIMEOUT_S = 2
+_S3_ATTEMPTS = 2
+
+
+class ModelStoreError(ModelServeError):
+    """A model file or version cannot be listed or read; the message names the URI and the cause."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed `model` entry: `version` is a number, or None with `latest`, or None for a plain file."""
+
+    name: str
+    version: int | None = None
+    latest: bool = False
+
+    @property
+    def versioned(self) -> bool:
+        return self.latest or self.version is not None
+
+    @property
+    def text(self) -> str:
+        if self.latest:
+            return f"{self.name}@latest"
+        return self.name if self.version is None else f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """One model file: where it is, its name for the backend, and what identifies its content.
+
+    `etag` is the S3 ETag (quotes removed) or, for a local file, `sha256:<hex>` of its content.
+    """
+
+    uri: str
+    name: str
+    etag: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A ref with `@latest` pinned to a number, and its files in name order."""
+
+    ref: ModelRef
+    files: tuple[StoredFile, ...]
+
+    @property
+    def pinned(self) -> str:
+        return self.ref.text
+
+    @property
+    def digest(self) -> str:
+        """Changes when a file is added, removed, renamed or has new content (a new ETag): what rolls a section."""
+        listing = "\0".join(f"{f.name}\0{f.etag}" for f in self.files)
+        return hashlib.sha256(listing.encode()).hexdigest()[:16]
+
+
+def parse_ref(text: str) -> ModelRef:
+    """`digits@3`, `digits@latest` or a plain file name (which may contain `/`) -> ModelRef.
+
+    Raises ValueError naming the accepted forms, e.g. for `digits@`, `digits@x1` or `@3`.
+    """
+    name, at, version = text.partition("@") if "@" in text else (text, "", "")
+    if at and "@" in version:
+        raise ValueError(f"{text!r} has more than one '@'; use {ACCEPTED_FORMS}")
+    if not name or name != name.strip() or name.startswith("/") or ".." in name.split("/"):
+        raise ValueError(f"{text!r} is not a model name relative to model_zoo; use {ACCEPTED_FORMS}")
+    if not at:
+        return ModelRef(name)
+    if version == "latest":
+        return ModelRef(name, latest=True)
+    if not _VERSION.fullmatch(version):
+        raise ValueError(
+            f"{text!r}: the version must be a number without leading zeros or 'latest'; use {ACCEPTED_FORMS}"
+        )
+    return ModelRef(name, int(version))
+
+
+def open_store(model_zoo: str) -> Store:
+    """The store at `model_zoo`: `s3://bucket/prefix` or a local directory.
+
+    S3 credentials and endpoint come from the standard AWS variables and files (`AWS_ENDPOINT_URL`,
+    `AWS_ACCESS_KEY_ID`, `AWS_PROFILE`, ...), never from conf.ini.
+    """
+    if model_zoo.startswith("s3://"):
+        bucket, _, prefix = model_zoo[len("s3://") :].partition("/")
+        if not bucket:
+            raise ModelStoreError(f"{model_zoo}: no bucket name; write s3://bucket/prefix")
+        return S3Store(bucket, prefix.strip("/"))
+    return LocalStore(Path(model_zoo))
+
+
+class Store:
+    """What both stores do: list versions, list a ref's files, pin `@latest`."""
+
+    uri: str
+
+    def versions(self, name: str) -> list[int]:
+        raise NotImplementedError
+
+    def _version_files(self, name: str, version: int) -> tuple[StoredFile, ...]:
+        raise NotImplementedError
+
+    def _file(self, name: str) -> StoredFile:
+        raise NotImplementedError
+
+    def files(self, ref: ModelRef) -> tuple[StoredFile, ...]:
+        """A plain name is one file; `name@N` is every file under `<zoo>/name/N/`, in name order."""
+        return self.resolve(ref).files
+
+    def resolve(self, ref: ModelRef) -> Resolved:
+        """Pins `@latest` to the highest version; raises ModelStoreError if a file or version is missing."""
+        if not ref.versioned:
+            return Resolved(ref, (self._file(ref.name),))
+        if ref.latest:
+            versions = self.versions(ref.name)
+            if not versions:
+                raise ModelStoreError(f"{self._uri(ref.name)}/: no numbered versions (e.g. {ref.name}/1/)")
+            ref = ModelRef(ref.name, versions[-1])
+        assert ref.version is not None
+        files = self._version_files(ref.name, ref.version)
+        if files:
+            return Resolved(ref, files)
+        versions = self.versions(ref.name)
+        if ref.version in versions:
+            raise ModelStoreError(f"{self._uri(ref.name, str(ref.version))}/: version {ref.version} holds no files")
+        there = ", ".join(map(str, versions)) if versions else "none"
+        raise ModelStoreError(
+            f"{self._uri(ref.name, str(ref.version))}/: no such version; the versions there are: {there}"
+        )
+
+    def _uri(self, *parts: str) -> str:
+        return "/".join([self.uri.rstrip("/"), *parts])
+
+
+class LocalStore(Store):
+    """A directory on every node (today's `model_zoo`); the digest is the content's sha256.
+
+    sha256, not size + mtime: what rolls a section stays the file's content, as before (a `touch`
+    does not roll it, a same-size same-second rewrite does). It reads each file once per resolve.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.uri = str(root)
+
+    def versions(self, name: str) -> list[int]:
+        folder = self.root / name
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and _VERSION.fullmatch(p.name))
+
+    def _file(self, name: str) -> StoredFile:
+        path = self.root / name
+        if not path.is_file():
+            raise ModelStoreError(f"{path}: no such file")
+        return _local_file(path, name)
+
+    def _version_files(self, name: str, version: int) -> tuple[StoredFile, ...]:
+        folder = self.root / name / str(version)
+        paths = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.relative_to(folder).as_posix())
+        return tuple(_local_file(p, p.relative_to(folder).as_posix()) for p in paths)
+
+
+def _local_file(path: Path, name: str) -> StoredFile:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise ModelStoreError(f"{path}: cannot be read ({exc.strerror})") from exc
+    return StoredFile(str(path), name, f"sha256:{digest.hexdigest()}", path.stat().st_size)
+
+
+class S3Store(Store):
+    """`s3://bucket/prefix` through boto3; ETags come from HeadObject and ListObjectsV2."""
+
+    def __init__(self, bucket: str, prefix: str) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self.uri = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        self._client = s3_client(read_timeout_s=_S3_LIST_TIMEOUT_S)
+
+    def _key(self, *parts: str) -> str:
+        return "/".join(p for p in (self.prefix, *parts) if p)
+
+    def versions(self, name: str) -> list[int]:
+        found = set()
+        for page in self._pages(self._key(name) + "/", delimiter="/"):
+            for common in page.get("CommonPrefixes", []):
+                last = common["Prefix"].rstrip("/").rsplit("/", 1)[-1]
+                if _VERSION.fullmatch(last):
+                    found.add(int(last))
+        return sorted(found)
+
+    def _file(self, name: str) -> StoredFile:
+        key = self._key(name)
+        uri = f"s3://{self.bucket}/{key}"
+        try:
+            head = self._client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if _code(exc) in ("404", "NoSuchKey"):
+                self._check_bucket(uri)
+            raise store_error(uri, exc) from exc
+        return StoredFile(uri, name, head["ETag"].strip('"'), int(head["ContentLength"]))
+
+    def _version_files(self, name: str, version: int) -> tuple[StoredFile, ...]:
+        folder = self._key(name, str(version)) + "/"
+        found = [
+            StoredFile(
+                f"s3://{self.bucket}/{item['Key']}", item["Key"][len(folder) :], item["ETag"].strip('"'), item["Size"]
+            )
+            for page in self._pages(folder)
+            for item in page.get("Contents", [])
+            if not item["Key"].endswith("/")
+        ]
+        return tuple(sorted(found, key=lambda f: f.name))
+
+    def _pages(self, prefix: str, delimiter: str = "") -> list[dict[str, Any]]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        extra = {"Delimiter": delimiter} if delimiter else {}
+        try:
+            return list(paginator.paginate(Bucket=self.bucket, Prefix=prefix, **extra))
+        except Exception as exc:
+            raise store_error(f"s3://{self.bucket}/{prefix}", exc) from exc
+
+    def _check_bucket(self, uri: str) -> None:
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            if _code(exc) in ("404", "NoSuchBucket"):
+                raise ModelStoreError(f"{uri}: no such bucket {self.bucket!r}") from exc
+
+
+def s3_client(read_timeout_s: float) -> Any:
+    """A boto3 S3 client from the standard AWS environment, with short timeouts and few retries.
+
+    `read_timeout_s` is how long one read of the answer may wait (a download's chunk, a listing).
+    """
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=_S3_CONNECT_TIMEOUT_S,
+        read_timeout=read_timeout_s,
+        retries={"max_attempts": _S3_ATTEMPTS, "mode": "standard"},
+    )
+    return boto3.session.Session().client("s3", config=config)
+
+
+def store_error(uri: str, exc: Exception) -> ModelStoreError:
+    """A boto3/botocore exception -> ModelStoreError naming the URI and the cause in plain words."""
+    from botocore.exceptions import (
+        ConnectionClosedError,
+        ConnectionError,
+        FlexibleChecksumError,
+        IncompleteReadError,
+        NoCredentialsError,
+        PartialCredentialsError,
+        ReadTimeoutError,
+        ResponseStreamingError,
+    )
+
+    code = _code(exc)
+    if isinstance(exc, (IncompleteReadError, ResponseStreamingError, FlexibleChecksumError)):
+        cause = f"the download was cut or corrupted ({exc}); try again"
+    elif isinstance(exc, (ConnectionError, ReadTimeoutError, ConnectionClosedError)):
+        cause = f"endpoint unreachable ({exc}); check AWS_ENDPOINT_URL and that the store is up"
+    elif isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        cause = "no AWS credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+    elif code in ("404", "NoSuchKey"):
+        cause = "no such key"
+    elif code == "NoSuchBucket":
+        cause = f"no such bucket {uri[len('s3://') :].split('/', 1)[0]!r}"
+    elif code in ("403", "AccessDenied", "AllAccessDisabled"):
+        cause = "access denied; the credentials may not read this bucket or key"
+    elif code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        cause = f"the credentials were refused ({code}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    elif code in ("412", "PreconditionFailed"):
+        cause = "the object changed since it was resolved (another ETag); apply again to serve the new one"
+    else:
+        cause = f"{type(exc).__name__}: {exc}"
+    return ModelStoreError(f"{uri}: {cause}")
+
+
+def _code(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
