@@ -26,7 +26,7 @@ from modelserve.config import ConfigError
 from modelserve.envelope import REPLICA_HEADER
 from modelserve.fit import fit_problems
 from modelserve.keys import ROLL_OUT
-from modelserve.packaging import files_digest, read_requirements, staged_package, staged_runtime
+from modelserve.packaging import read_requirements, staged_package, staged_runtime
 from modelserve.settings import Config
 from modelserve.timings import Phases
 
@@ -50,7 +50,7 @@ def upload_artifacts(config: Config, cluster: Cluster) -> plan.Artifacts:
             uris[package] = cluster.upload(staged)
     with staged_runtime() as runtime:
         runtime_uri = cluster.upload(runtime)
-    digests = {s.section: files_digest(config.model_zoo / f for f in s.model_files) for s in config.sections}
+    digests = {s.section: plan.section_models(s, config).digest for s in config.sections}
     requirements = {
         s.package: read_requirements(config.algopkg_dir / s.package / "requirements.txt")
         for s in config.sections

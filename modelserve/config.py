@@ -15,8 +15,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from modelserve import auth, keys, traffic
+from modelserve import auth, keys, models, traffic
 from modelserve.keys import Key
+from modelserve.models import SectionModels
+from modelserve.modelstore import ModelStoreError, Store
 from modelserve.project import check_section
 from modelserve.serve_settings import ServeSettings
 from modelserve.settings import SECTION_KEYS, SERVE_KEYS, Config, SectionSpec
@@ -96,7 +98,6 @@ def _serve_settings(parser: configparser.ConfigParser, root: Path, problems: lis
         problems.append(f"[{SERVE_SECTION}] is missing; add it with at least `port = 8000`")
     items = dict(parser.items(SERVE_SECTION)) if parser.has_section(SERVE_SECTION) else {}
     serve = ServeSettings(root=root, **_parse_keys(SERVE_SECTION, items, SERVE_KEYS, problems))
-    serve = replace(serve, model_zoo=(root / serve.model_zoo).resolve())
     if RAY_WORKER_PORTS[0] <= serve.dashboard_port <= RAY_WORKER_PORTS[1]:
         problems.append(
             f"[{SERVE_SECTION}] dashboard_port = {serve.dashboard_port}: Ray keeps {RAY_WORKER_PORTS[0]}-"
@@ -163,11 +164,26 @@ def load_config(path: Path | str) -> Config:
     for name in parser.sections():
         spec = None if name == SERVE_SECTION else _section_spec(parser, name, problems)
         if spec is not None:
-            problems.extend(check_section(spec, path.parent / "algopkg", serve.model_zoo))
+            problems.extend(check_section(spec, path.parent / "algopkg"))
             specs.append(spec)
     _check_routes(specs, problems)
     problems.extend(traffic.problems([s for s in specs if s.route]))
     _check_key_files(serve, specs, problems)
+    config = Config(path=path, serve=serve, sections=tuple(specs))
+    resolved = _resolve_models(config, problems)
     if problems:
         raise ConfigError(path, problems)
-    return Config(path=path, serve=serve, sections=tuple(specs))
+    return replace(config, models=resolved)
+
+
+def _resolve_models(config: Config, problems: list[str]) -> dict[str, SectionModels]:
+    """Every section's model files, found in its store (a directory or s3://): each missing file or
+    version, unreadable object or unreachable store is a problem naming `[section] model`."""
+    resolved: dict[str, SectionModels] = {}
+    stores: dict[str, Store] = {}
+    for spec in config.sections:
+        try:
+            resolved[spec.section] = models.resolve(spec.section, config.zoo_of(spec), spec.model_files, stores)
+        except ModelStoreError as exc:
+            problems.append(str(exc))
+    return resolved

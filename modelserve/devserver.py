@@ -24,7 +24,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelserve import envelope, inprocess
+from modelserve import envelope, inprocess, plan
 from modelserve.config import ConfigError, load_config
 from modelserve.errors import ModelServeError
 from modelserve.fallback import RouteNotFound
@@ -142,7 +142,7 @@ class DevServer:
 
     def watched(self) -> list[Path]:
         paths = [self.config_path, *(self.config.algopkg_dir / spec.package for spec in self.config.sections)]
-        paths += [self.config.model_zoo / name for spec in self.config.sections for name in spec.model_files]
+        paths += [path for spec in self.config.sections for path in self._model_paths(spec)]
         return sorted({p for p in paths if p.exists()})
 
     async def watch(self) -> None:
@@ -164,9 +164,14 @@ class DevServer:
                 _log(f"[{slot.spec.section}] changed: reloading")
                 await asyncio.to_thread(self._load, slot)
 
+    def _model_paths(self, spec: SectionSpec) -> list[Path]:
+        """The section's model files where they are local (an object store's are not watched)."""
+        found = plan.section_models(spec, self.config)
+        return [] if found.remote else [Path(f.uri) for f in found.files]
+
     def _touches(self, spec: SectionSpec, changed: Iterable[Path]) -> bool:
         package = self.config.algopkg_dir / spec.package
-        models = {self.config.model_zoo / name for name in spec.model_files}
+        models = set(self._model_paths(spec))
         return any(path in models or path.is_relative_to(package) for path in changed)
 
     async def _reread_config(self) -> set[str]:

@@ -186,6 +186,28 @@ def files(raw: str) -> tuple[str, ...]:
     return tuple(f.strip() for f in raw.split(",") if f.strip())
 
 
+def model_refs(raw: str) -> tuple[str, ...]:
+    """`model`: file names and versions (`w.npz, digits@3, digits@latest`), each checked (modelstore.parse_ref)."""
+    from modelserve.modelstore import parse_ref
+
+    refs = files(raw)
+    for ref in refs:
+        try:
+            parse_ref(ref)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
+    return refs
+
+
+def model_zoo(raw: str) -> str:
+    """A directory (relative to conf.ini or absolute) or `s3://bucket/prefix`."""
+    if raw.startswith("s3://") and not raw[len("s3://") :].split("/", 1)[0]:
+        raise Invalid("names no bucket: write s3://bucket/prefix")
+    if "://" in raw and not raw.startswith("s3://"):
+        raise Invalid("is not a directory or s3://bucket/prefix (the only object store spoken)")
+    return raw
+
+
 def json_object(raw: str) -> dict[str, Any]:
     if not raw:
         return {}

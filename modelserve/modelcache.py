@@ -178,3 +178,12 @@ def _locked(path: Path, operation: int) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+#: A node's cache directory: this variable in the node's environment, else ~/.cache/modelserve/models.
+CACHE_ENV = "MODELSERVE_MODEL_CACHE"
+
+
+def cache_dir() -> Path:
+    """Where this node caches model files from object stores (`MODELSERVE_MODEL_CACHE` to move it)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "modelserve" / "models")

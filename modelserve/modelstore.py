@@ -169,13 +169,20 @@ class LocalStore(Store):
 
     def versions(self, name: str) -> list[int]:
         folder = self.root / name
-        if not folder.is_dir():
+        try:
+            if not folder.is_dir():
+                return []
+        except OSError:
             return []
         return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and _VERSION.fullmatch(p.name))
 
     def _file(self, name: str) -> StoredFile:
         path = self.root / name
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except OSError as exc:  # a name too long for the file system
+            raise ModelStoreError(f"{path}: cannot be read ({exc.strerror})") from None
+        if not found:
             raise ModelStoreError(f"{path}: no such file")
         return _local_file(path, name)
 

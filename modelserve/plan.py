@@ -12,11 +12,12 @@ them in place is declared with each conf.ini key (`keys.ROLL_OUT` / `keys.IN_PLA
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from modelserve import auth, fallback, raycompat, traffic
 from modelserve.keys import IN_PLACE, ROLL_OUT
+from modelserve.models import SectionModels
 from modelserve.replica_spec import ReplicaArgs, ReplicaConfig
 from modelserve.settings import SECTION_KEYS, Config, SectionSpec
 
@@ -59,17 +60,27 @@ class Change:
 
 def replica_args(spec: SectionSpec, config: Config, model_digest: str) -> ReplicaArgs:
     rollout = {name: getattr(spec, f) for name, (f, key) in SECTION_KEYS.items() if key.change == ROLL_OUT}
+    found = section_models(spec, config)
+    rollout["model@"] = list(found.pinned)  # digits@latest as pinned: it rolls when it moves
     return ReplicaArgs(
         section=spec.section,
         package=spec.package,
         backend=spec.backend,
-        model_zoo=str(config.model_zoo),
-        model_files=spec.model_files,
+        model_zoo=found.zoo,
+        model_files=tuple(f.name for f in found.files),
         methods=spec.methods,
         warmup=spec.warmup,
         model_digest=model_digest,
         rollout_keys={k: list(v) if isinstance(v, tuple) else v for k, v in rollout.items()},
+        stored_files=tuple(asdict(f) for f in found.files) if found.remote else (),
+        model_cache_gb=config.serve.model_cache_gb,
     )
+
+
+def section_models(spec: SectionSpec, config: Config) -> SectionModels:
+    """The section's resolved model files (config.load_config), or its zoo with none for a config
+    built without resolving (a section with no `model`)."""
+    return config.models.get(spec.section) or SectionModels(config.zoo_of(spec))
 
 
 def replica_config(spec: SectionSpec, config: Config, split: Mapping[str, Any] | None = None) -> ReplicaConfig:
@@ -141,9 +152,9 @@ def application(
 ) -> dict[str, Any]:
     """The section's application; `split` is set on the owner of a shared or mirrored route."""
     env_vars = {
-        "MODEL_ZOO": str(config.model_zoo),
+        "MODEL_ZOO": config.zoo_of(spec),
         "MODEL_NAME": spec.app_name,
-        "MODEL_FILES": ",".join(spec.model_files),
+        "MODEL_FILES": ",".join(f.name for f in section_models(spec, config).files),
         **raycompat.replica_env(),
     }
     py_modules = [artifacts.runtime_uri] if artifacts.runtime_uri else []

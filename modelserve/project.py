@@ -37,9 +37,9 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def check_section(spec: SectionSpec, algopkg: Path, model_zoo: Path) -> list[str]:
+def check_section(spec: SectionSpec, algopkg: Path) -> list[str]:
     """Every problem of one section on disk, each naming `[section] key`, the value and the fix."""
-    return [*_check_package(spec, algopkg), *_check_models(spec, model_zoo)]
+    return _check_package(spec, algopkg)
 
 
 def _check_package(spec: SectionSpec, algopkg: Path) -> list[str]:
@@ -92,12 +92,3 @@ def _check_env(spec: SectionSpec, package_dir: Path) -> list[str]:
             "list the package's dependencies there, or remove the key to use the nodes' environment"
         ]
     return []
-
-
-def _check_models(spec: SectionSpec, zoo: Path) -> list[str]:
-    return [
-        f"[{spec.section}] model = {name!r}: file not found in model_zoo ({zoo / name}); "
-        "put the file in Model_ZOO or fix the name"
-        for name in spec.model_files
-        if not _is_file(zoo / name)
-    ]

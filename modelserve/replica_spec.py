@@ -25,6 +25,11 @@ class ReplicaArgs:
     methods: tuple[str, ...] = ("GET",)
     warmup: str = ""
     model_digest: str = ""
+    #: Where `model_zoo` is an object store: each file's `modelstore.StoredFile` fields (uri, name, etag,
+    #: size), fetched through the node's cache (modelcache.py) before the backend loads.
+    stored_files: tuple[Mapping[str, Any], ...] = ()
+    #: The node cache's size cap, GiB.
+    model_cache_gb: float = 20.0
     #: Every conf.ini key whose change rolls the replicas (keys.ROLL_OUT), by name: being part of
     #: the args makes Ray roll them exactly when the apply table says "roll out".
     rollout_keys: Mapping[str, Any] = field(default_factory=dict)
@@ -33,12 +38,18 @@ class ReplicaArgs:
         data = asdict(self)
         data["model_files"], data["methods"] = list(self.model_files), list(self.methods)
         data["rollout_keys"] = dict(self.rollout_keys)
+        data["stored_files"] = [dict(f) for f in self.stored_files]
         return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ReplicaArgs:
         return cls(
-            **{**data, "model_files": tuple(data.get("model_files", ())), "methods": tuple(data.get("methods", ()))}
+            **{
+                **data,
+                "model_files": tuple(data.get("model_files", ())),
+                "methods": tuple(data.get("methods", ())),
+                "stored_files": tuple(data.get("stored_files", ())),
+            }
         )
 
 

@@ -41,13 +41,21 @@ class ServeSettings:
         example="head:6379",
         help="Ray cluster: auto | local | http://head:8265 (dashboard) | head:6379 (GCS)",
     )
-    model_zoo: Path = conf_key(
+    model_zoo: str = conf_key(
         "model_zoo",
-        Path,
+        keys.model_zoo,
         default="Model_ZOO",
         change=ROLL_OUT,
-        example="/data/Model_ZOO",
-        help="directory of model files, the same path on every node",
+        example="s3://models/prod",
+        help="where model files live: a directory, the same path on every node, or s3://bucket/prefix",
+    )
+    model_cache_gb: float = conf_key(
+        "model_cache_gb",
+        keys.number(0.1, 100000),
+        default="20",
+        change=ROLL_OUT,
+        example="50",
+        help="each node's cache of model files from an object store, GiB (least recently used files go first)",
     )
     dashboard_port: int = conf_key(
         "dashboard_port",

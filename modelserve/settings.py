@@ -8,13 +8,16 @@ these; the planner and the README check read the declarations.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelserve import keys
 from modelserve.keys import IN_PLACE, ROLL_OUT, conf_key, declared_keys
 from modelserve.serve_settings import ServeSettings
+
+if TYPE_CHECKING:
+    from modelserve.models import SectionModels
 
 PACKAGE_PREFIX = "algopkg."
 
@@ -43,11 +46,20 @@ class SectionSpec:
     )
     model_files: tuple[str, ...] = conf_key(
         "model",
-        keys.files,
+        keys.model_refs,
         default="",
         change=ROLL_OUT,
-        example="model.npz",
-        help="model files in model_zoo, comma-separated, may be empty",
+        example="model.npz, digits@3",
+        help="model files in model_zoo, or versions (name@3: every file of <model_zoo>/name/3/; name@latest: "
+        "the highest, pinned at apply), comma-separated, may be empty",
+    )
+    model_zoo: str = conf_key(
+        "model_zoo",
+        keys.model_zoo,
+        default="",
+        change=ROLL_OUT,
+        example="s3://models/vision",
+        help="this section's own model_zoo (a directory or s3://bucket/prefix); empty: [MODEL SERVE]'s",
     )
     replicas: keys.Replicas = conf_key(
         "replicas",
@@ -268,6 +280,8 @@ class Config:
     path: Path
     serve: ServeSettings
     sections: tuple[SectionSpec, ...]
+    #: Each section's model files as found in its store (config.load_config resolves them).
+    models: Mapping[str, SectionModels] = field(default_factory=dict)
 
     def api_keys_file(self, spec: SectionSpec) -> Path | None:
         """The key file that guards a section's route: its own, else `[MODEL SERVE]`'s, else none."""
@@ -277,6 +291,7 @@ class Config:
     def algopkg_dir(self) -> Path:
         return self.serve.root / "algopkg"
 
-    @property
-    def model_zoo(self) -> Path:
-        return self.serve.model_zoo
+    def zoo_of(self, spec: SectionSpec) -> str:
+        """Where a section's model files live: `s3://bucket/prefix`, or an absolute directory."""
+        zoo = spec.model_zoo or self.serve.model_zoo
+        return zoo if zoo.startswith("s3://") else str((self.serve.root / zoo).resolve())
