@@ -30,6 +30,8 @@ class Row:
     status: str
     message: str = ""
     nodes: tuple[str, ...] = ()
+    #: The section's `model` entries as pinned at its apply (`digits@3` for `digits@latest`).
+    models: tuple[str, ...] = ()
 
     @property
     def healthy(self) -> bool:
@@ -102,6 +104,7 @@ def app_row(name: str, app: Mapping[str, Any], base_url: str) -> Row:
         status=status,
         message=message,
         nodes=nodes,
+        models=tuple((config.get("args") or {}).get("rollout_keys", {}).get("model@", ())),
     )
 
 
@@ -206,8 +209,14 @@ def settled(app: Mapping[str, Any] | None) -> bool:
 
 
 def table(rows_: Iterable[Row]) -> str:
-    header = ("SECTION", "URL", "REPLICAS", "STATUS", "NODES")
-    lines = [(r.section, r.url, f"{r.ready}/{r.target}", r.status, ",".join(r.nodes) or "-") for r in rows_]
+    rows_ = list(rows_)
+    header: tuple[str, ...] = ("SECTION", "URL", "REPLICAS", "STATUS", "NODES")
+    lines: list[tuple[str, ...]] = [
+        (r.section, r.url, f"{r.ready}/{r.target}", r.status, ",".join(r.nodes) or "-") for r in rows_
+    ]
+    if any("@" in model for r in rows_ for model in r.models):  # a section serves a numbered version
+        header = (*header, "MODEL")
+        lines = [(*line, ",".join(r.models) or "-") for line, r in zip(lines, rows_, strict=True)]
     if not lines:
         return "no sections are deployed"
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=False)]
