@@ -21,20 +21,24 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import boto3
 import psutil
 import pytest
 import requests
 from helpers import (
+    MEASURED,
     Listener,
     Load,
     call,
     controller,
+    controller_in_process,
     listeners,
     make_project,
     start_node,
     wait_for,
     write_conf,
 )
+from s3server import S3Server
 
 from modelserve import raycompat
 from modelserve.cli import main
@@ -111,6 +115,7 @@ class TwoNodes:
     worker_env: dict[str, str | None]
     ports: dict[str, NodePorts]  # "head", "worker"
     logs: Path
+    model_caches: dict[str, Path]  # "head", "worker": each node's own MODELSERVE_MODEL_CACHE
 
     def start_worker(self) -> None:
         self.worker = start_node("worker", self.worker_env, self.logs / f"worker-{time.time():.0f}.log")
@@ -134,8 +139,46 @@ def alive_nodes(dashboard_url: str) -> int:
     return len(alive_raylets(dashboard_url))
 
 
+BUCKET, STORED_MODEL = "models", "zoo/echo/1/a.txt"
+#: The stored model's content: no file on this machine holds it, only the object store.
+STORED_TEXT = "echo-from-the-store-v1"
+
+
+@dataclass
+class Store:
+    """The object store both nodes read model files from, and the standard AWS variables for it."""
+
+    server: S3Server
+    env: dict[str, str]
+
+
 @pytest.fixture(scope="module")
-def nodes() -> Iterator[TwoNodes]:
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """moto's S3 server (test/s3server.py) holding one versioned model: `echo@1`."""
+    with S3Server() as server:
+        home = tmp_path_factory.mktemp("aws")  # no AWS files of the user's
+        env = {
+            "AWS_ENDPOINT_URL": server.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_CONFIG_FILE": str(home / "config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(home / "credentials"),
+        }
+        client = boto3.client(
+            "s3",
+            endpoint_url=server.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        client.create_bucket(Bucket=BUCKET)
+        client.put_object(Bucket=BUCKET, Key=STORED_MODEL, Body=f"{STORED_TEXT}\n".encode())
+        yield Store(server, env)
+
+
+@pytest.fixture(scope="module")
+def nodes(store: Store) -> Iterator[TwoNodes]:
     logs = Path(tempfile.mkdtemp(prefix="msn", dir="/tmp"))
     gcs_port, dashboard_port, http_port, worker_http_port = free_port(), free_port(), late_port(), late_port()
     # The README's shared token, given as RAY_AUTH_TOKEN only. It is the tests' own token
@@ -144,8 +187,12 @@ def nodes() -> Iterator[TwoNodes]:
     token_env: dict[str, str | None] = {raycompat.AUTH_TOKEN: token, raycompat.AUTH_TOKEN_PATH: None}
     head_block, worker_block = random.sample(DIRECT_INGRESS_BLOCKS, 2)
     ports = {"head": NodePorts.pick(head_block), "worker": NodePorts.pick(worker_block)}
+    # The store's address and credentials, and a model cache of each node's own (the worker downloads for itself).
+    model_caches = {"head": logs / "model-cache-head", "worker": logs / "model-cache-worker"}
     head_env = {
         **token_env,
+        **store.env,
+        "MODELSERVE_MODEL_CACHE": str(model_caches["head"]),
         "RAY_GCS_PORT": str(gcs_port),
         "RAY_DASHBOARD_PORT": str(dashboard_port),
         "RAY_NUM_CPUS": "2",
@@ -155,6 +202,8 @@ def nodes() -> Iterator[TwoNodes]:
     }
     worker_env = {
         **token_env,
+        **store.env,
+        "MODELSERVE_MODEL_CACHE": str(model_caches["worker"]),
         "RAY_HEAD_ADDRESS": f"127.0.0.1:{gcs_port}",
         "RAY_NUM_CPUS": "2",
         "RAY_NUM_GPUS": "1",
@@ -173,6 +222,7 @@ def nodes() -> Iterator[TwoNodes]:
         worker_env,
         ports,
         logs,
+        model_caches,
     )
     try:
         wait_for(lambda: dashboard_answers(cluster.dashboard_url), 90, "the head's dashboard")
@@ -371,3 +421,67 @@ def test_what_listens_where(nodes: TwoNodes, conf: Path) -> None:
         assert {f.port for f in label if f.name == "haproxy"} == {ports.stats, ports.metrics}
         between = Counter(f.pid for f, what in label.items() if what == BETWEEN_DEPLOYMENTS)
         assert set(between.values()) <= {1}, between
+
+
+S3_SECTION = f"""
+[algopkg.Echo:s3]
+backend = Echo
+model_zoo = s3://{BUCKET}/zoo
+model = echo@1
+route = s3echo
+method = POST
+replicas = 2
+cpu_cost = 0.25
+max_replicas_per_node = 1
+"""
+
+
+def node_of(nodes: TwoNodes, pid: int) -> str:
+    """Which node's session a process belongs to: "head" or "worker"."""
+    return next(role for role in ("head", "worker") if os.getsid(pid) == node_pid(nodes, role))
+
+
+def test_a_section_from_the_object_store_is_served_by_both_nodes_each_downloading_once(
+    nodes: TwoNodes, store: Store, conf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21: model files reach a worker from the store alone, through the worker's own cache."""
+    for key, value in store.env.items():  # the controller (this process) resolves the model in the store
+        monkeypatch.setenv(key, value)
+    path = conf.parent / "s3.ini"
+    path.write_text(conf.read_text() + S3_SECTION)
+    store.server.requests.clear()
+    assert main(["-c", str(path)]) == 0
+    gets = store.server.gets(f"{BUCKET}/{STORED_MODEL}")
+    MEASURED.append(f"s3 on two nodes (one replica each, each node its own cache): {gets} GETs of the object")
+    assert sorted(replicas_per_node(nodes, "Echo:s3").values()) == [1, 1]
+    code, out = controller_in_process("status", "-c", str(path))
+    row = next(line for line in out.splitlines() if line.startswith("algopkg.Echo:s3 "))
+    assert code == 0 and "2/2" in row and "echo@1" in row, out
+    assert len(re.findall(r"[\d.]+/[0-9a-f]{6}", row)) == 2, row  # NODES: one replica on each
+
+    seen: dict[str, dict[str, Any]] = {}  # node -> a reply's body and headers from a replica there
+
+    def both_answered() -> bool:
+        for port in (nodes.http_port, nodes.worker_http_port):
+            reply = call(f"http://127.0.0.1:{port}/s3echo", {})
+            assert reply.status == 200, reply.body
+            result = reply.body["result"]
+            seen[node_of(nodes, result["pid"])] = {**result, "replica": reply.headers["x-modelserve-replica"]}
+        return len(seen) == 2
+
+    wait_for(both_answered, 30, "an answer from the replica on each node")
+    for role, result in seen.items():
+        assert result["model"] == [STORED_TEXT], (role, result)
+        assert result["env"]["MODEL_ZOO"] == f"s3://{BUCKET}/zoo", (role, result)  # no directory given
+    replicas = {role: r["replica"] for role, r in seen.items()}
+    print(f"\nreplicas answering: {replicas}; GETs of the object at the server: {gets}")
+    assert gets == 2, store.server.requests  # once per node, not per replica nor by the controller
+
+    # Each node's replica loaded the file from its own node's cache: the worker downloaded for itself.
+    for role, cache in nodes.model_caches.items():
+        blobs = list((cache / "blobs").iterdir())
+        assert [b.read_text() for b in blobs] == [f"{STORED_TEXT}\n"], (role, blobs)
+        replica = psutil.Process(seen[role]["pid"])
+        assert replica.environ().get("MODELSERVE_MODEL_CACHE") == str(cache), role
+        held = {Path(f.path) for f in replica.open_files()}  # the replica's use mark on the blob
+        assert cache / "locks" / f"{blobs[0].name}.use" in held, (role, held)
