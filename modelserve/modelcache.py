@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from modelserve.modelstore import ModelStoreError, StoredFile, s3_client, store_error
+from modelserve.replica_spec import ReplicaArgs
 
 _CHUNK_BYTES = 1 << 20
 #: How long one read of a download may wait for bytes before it is retried, then fails.
@@ -187,3 +188,13 @@ CACHE_ENV = "MODELSERVE_MODEL_CACHE"
 def cache_dir() -> Path:
     """Where this node caches model files from object stores (`MODELSERVE_MODEL_CACHE` to move it)."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "modelserve" / "models")
+
+
+def model_dir(args: ReplicaArgs) -> str:
+    """The directory the backend reads its model files from: `model_zoo`, or where the zoo is an object
+    store, this node's cached copy of the section's files (fetched once per node: modelcache.py)."""
+    if not args.stored_files:
+        return args.model_zoo
+    files = [StoredFile(**f) for f in args.stored_files]
+    paths = fetch(args.model_zoo, files, cache_dir(), int(args.model_cache_gb * 2**30))
+    return str(paths[0])[: -len(files[0].name) - 1]  # the view holding every file under its name

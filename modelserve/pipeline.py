@@ -71,19 +71,6 @@ class Batcher(Protocol):
     async def __call__(self, params: Any, request_id: str) -> Any: ...
 
 
-def model_dir(args: ReplicaArgs) -> str:
-    """The directory the backend reads its model files from: `model_zoo`, or where the zoo is an object
-    store, this node's cached copy of the section's files (fetched once per node: modelcache.py)."""
-    if not args.stored_files:
-        return args.model_zoo
-    from modelserve import modelcache
-    from modelserve.modelstore import StoredFile
-
-    files = [StoredFile(**f) for f in args.stored_files]
-    paths = modelcache.fetch(args.model_zoo, files, modelcache.cache_dir(), int(args.model_cache_gb * 2**30))
-    return str(paths[0])[: -len(files[0].name) - 1]  # the view holding every file under its name
-
-
 class Pipeline:
     """One loaded backend and the settings of its section (`configure`), answering requests (`handle`)."""
 
@@ -124,6 +111,8 @@ class Pipeline:
             ModelLoadError: the model did not load; TypeError: the class is not a backend.
         """
         started = time.monotonic()
+        from modelserve.modelcache import model_dir  # boto3 only where a store is read
+
         backend_cls = load_backend_class(args.package, args.backend)
         backend = create_backend(backend_cls, model_dir(args), list(args.model_files))
         warmup = None

@@ -146,6 +146,21 @@ def test_latest_is_pinned_until_the_next_apply_then_rolls_and_rolls_back_under_l
         assert {tuple(served(cluster)) for _ in range(10)} == {(expected,)}
 
 
+def test_an_object_rewritten_under_the_same_name_rolls_the_section(
+    s3: S3Server, cluster: TestCluster, project: Path
+) -> None:
+    code, out = apply(project, cluster, "echo_model.txt", replicas=1)
+    assert code == 0, out
+    assert served(cluster) == ["echo-plain"]
+    code, out = apply(project, cluster, "echo_model.txt", replicas=1)
+    assert code == 0 and "roll out" not in out, out  # the same ETag: nothing to do
+    s3.client().put_object(Bucket=BUCKET, Key="zoo/echo_model.txt", Body=b"echo-plain-retrained\n")
+    code, out = apply(project, cluster, "echo_model.txt", replicas=1)
+    assert code == 0 and "roll out  Echo" in out, out  # a new ETag: the apply table says so
+    wait_settled(cluster.dashboard_url)
+    assert {tuple(served(cluster)) for _ in range(10)} == {("echo-plain-retrained",)}
+
+
 @pytest.mark.parametrize(
     ("zoo", "model", "cause"),
     [
