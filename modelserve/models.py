@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from modelserve.modelstore import ModelStoreError, Resolved, Store, StoredFile, open_store, parse_ref
+from modelserve.packaging import files_digest
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,10 @@ class SectionModels:
 
     @property
     def digest(self) -> str:
-        """Changes with any file's name or content: part of what rolls the section."""
+        """Changes with any file's name or content: part of what rolls the section. An object store's
+        ETags say it; a directory's files are read (once per apply: a `touch` rolls nothing)."""
+        if not self.remote:
+            return files_digest(Path(f.uri) for f in self.files)
         return hashlib.sha256("\0".join(r.digest for r in self.resolved).encode()).hexdigest()[:16]
 
     @property

@@ -157,11 +157,9 @@ class Store:
 
 
 class LocalStore(Store):
-    """A directory on every node (today's `model_zoo`); the digest is the content's sha256.
-
-    sha256, not size + mtime: what rolls a section stays the file's content, as before (a `touch`
-    does not roll it, a same-size same-second rewrite does). It reads each file once per resolve.
-    """
+    """A directory on every node (today's `model_zoo`). A file's `etag` is its mtime and size: resolving
+    reads no content, so `check`, `status` and `try` stay quick with large models. What rolls a section
+    is still the content (`models.SectionModels.digest` reads it once per apply, as before)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -193,14 +191,11 @@ class LocalStore(Store):
 
 
 def _local_file(path: Path, name: str) -> StoredFile:
-    digest = hashlib.sha256()
     try:
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
+        stat = path.stat()
     except OSError as exc:
         raise ModelStoreError(f"{path}: cannot be read ({exc.strerror})") from exc
-    return StoredFile(str(path), name, f"sha256:{digest.hexdigest()}", path.stat().st_size)
+    return StoredFile(str(path), name, f"mtime:{stat.st_mtime_ns}:size:{stat.st_size}", stat.st_size)
 
 
 class S3Store(Store):
