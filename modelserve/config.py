@@ -1,6 +1,6 @@
 """conf.ini -> typed, validated settings (settings.py).
 
-Each key is declared once, as a field of `ServeSettings` or `SectionSpec`.
+Each key is declared once, as a field of `ServeSettings`, `SectionSpec` or `NodeGroup` (node_groups.py).
 `load_config` reads the whole file, collects every problem and raises one `ConfigError`
 listing them all, so nothing reaches the cluster from a file that is wrong anywhere.
 """
@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from modelserve import auth, keys, models, traffic
+from modelserve import auth, keys, models, node_groups, traffic
 from modelserve.keys import Key
 from modelserve.models import SectionModels
 from modelserve.modelstore import ModelStoreError, Store
@@ -113,7 +113,7 @@ def _section_spec(parser: configparser.ConfigParser, name: str, problems: list[s
     if match is None:
         problems.append(
             f"[{name}]: unknown section; use [{SERVE_SECTION}] or [algopkg.<Package>] "
-            "(optionally [algopkg.<Package>:<variant>])"
+            "(optionally [algopkg.<Package>:<variant>]) or [NODES <name>] (a KubeRay node group)"
         )
         return None
     values = _parse_keys(name, dict(parser.items(name)), SECTION_KEYS, problems)
@@ -162,14 +162,17 @@ def load_config(path: Path | str) -> Config:
     serve = _serve_settings(parser, path.parent, problems)
     specs: list[SectionSpec] = []
     for name in parser.sections():
-        spec = None if name == SERVE_SECTION else _section_spec(parser, name, problems)
+        skip = name == SERVE_SECTION or node_groups.is_nodes_section(name)
+        spec = None if skip else _section_spec(parser, name, problems)
         if spec is not None:
             problems.extend(check_section(spec, path.parent / "algopkg"))
             specs.append(spec)
     _check_routes(specs, problems)
     problems.extend(traffic.problems([s for s in specs if s.route]))
     _check_key_files(serve, specs, problems)
-    config = Config(path=path, serve=serve, sections=tuple(specs))
+    groups = node_groups.load({name: dict(parser.items(name)) for name in parser.sections()}, _parse_keys, problems)
+    problems.extend(node_groups.fit_problems(groups, specs))
+    config = Config(path=path, serve=serve, sections=tuple(specs), node_groups=groups)
     resolved = _resolve_models(config, problems)
     if problems:
         raise ConfigError(path, problems)

@@ -21,6 +21,7 @@ ROLL_OUT = "roll out"
 SERVE_RESTART = "when Serve restarts"
 LOCAL_START = "when the local cluster starts"
 NEXT_RUN = "next run"
+NEW_CLUSTER = "new cluster (KubeRay)"
 
 ROUTE_RE = re.compile(r"^[A-Za-z0-9_.~-]+(/[A-Za-z0-9_.~-]+)*$")
 METHODS = ("GET", "POST")

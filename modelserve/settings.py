@@ -18,6 +18,7 @@ from modelserve.serve_settings import ServeSettings
 
 if TYPE_CHECKING:
     from modelserve.models import SectionModels
+    from modelserve.node_groups import NodeGroup
 
 PACKAGE_PREFIX = "algopkg."
 
@@ -282,6 +283,7 @@ class Config:
     sections: tuple[SectionSpec, ...]
     #: Each section's model files as found in its store (config.load_config resolves them).
     models: Mapping[str, SectionModels] = field(default_factory=dict)
+    node_groups: tuple[NodeGroup, ...] = ()  # the [NODES ...] sections (node_groups.py); empty: none
 
     def api_keys_file(self, spec: SectionSpec) -> Path | None:
         """The key file that guards a section's route: its own, else `[MODEL SERVE]`'s, else none."""

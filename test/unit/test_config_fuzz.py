@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from modelserve import apply, cli, plan
 from modelserve.config import ConfigError, load_config
 from modelserve.keys import ROUTE_RE
+from modelserve.node_groups import NODE_KEYS
 from modelserve.settings import SECTION_KEYS, SERVE_KEYS
 
 KEY = "fuzz-key-0123456789-abcdef"
@@ -67,6 +68,19 @@ max_queued = 100
 api_keys = team_keys.txt
 warmup = fuzz_warmup.json
 env =
+
+[NODES head]
+image = modelserve-node:2.60
+cpus = 2
+memory = 4Gi
+gpus = 0
+
+[NODES cpu-1]
+cpus = 4
+memory = 16Gi
+gpus = 0
+min_replicas = 0
+max_replicas = 4
 """
 KEYS = ("keys.txt", "team_keys.txt")
 WARMUP_FILE = Path("algopkg") / "Echo" / "fuzz_warmup.json"
@@ -155,8 +169,13 @@ HEADERS = [
     "[ algopkg.Echo ]",
     "[DEFAULT]",
     "[\x00]",
+    "[NODES head]",
+    "[NODES gpu]",
+    "[NODES]",
+    "[NODES GPU]",
+    "[nodes gpu]",
 ]
-KEY_NAMES = sorted({*SERVE_KEYS, *SECTION_KEYS})
+KEY_NAMES = sorted({*SERVE_KEYS, *SECTION_KEYS, *NODE_KEYS})
 
 text = st.text(max_size=80)
 #: Values our parsers accept, so that Ray's own schema sees odd but well-formed combinations.
