@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from modelserve.node_groups import NODE_KEYS
 from modelserve.settings import SECTION_KEYS, SERVE_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +32,8 @@ def _table_rows(heading: str) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize(
-    ("heading", "declared"), [("`[MODEL SERVE]` keys:", SERVE_KEYS), ("Section keys:", SECTION_KEYS)]
+    ("heading", "declared"),
+    [("`[MODEL SERVE]` keys:", SERVE_KEYS), ("Section keys:", SECTION_KEYS), ("`[NODES name]` keys:", NODE_KEYS)],
 )
 def test_every_conf_key_is_documented_with_its_default_and_what_a_change_does(heading: str, declared: dict) -> None:
     rows = _table_rows(heading)
