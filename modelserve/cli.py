@@ -12,13 +12,13 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from modelserve import cmd_author, cmd_bench, cmd_deploy, cmd_inspect, cmd_models
+from modelserve import cmd_author, cmd_bench, cmd_deploy, cmd_export, cmd_inspect, cmd_models
 from modelserve.cluster import ClusterError
 from modelserve.cmd_common import EXIT_CLUSTER, EXIT_CONFIG, EXIT_UNHEALTHY, NoCluster, UsageError, add_shared_options
 from modelserve.config import ConfigError
 
 #: The command groups, in the order `--help` lists their commands.
-GROUPS = (cmd_deploy, cmd_inspect, cmd_models, cmd_bench, cmd_author)
+GROUPS = (cmd_deploy, cmd_inspect, cmd_models, cmd_bench, cmd_author, cmd_export)
 
 
 def parser() -> argparse.ArgumentParser:
