@@ -169,3 +169,29 @@ def test_a_package_zip_unpacks_as_ray_unpacks_a_remote_py_module(tmp_path: Path)
     assert (tmp_path / "node" / "algopkg" / "__init__.py").is_file()
     assert (tmp_path / "node" / "algopkg" / "Echo" / "backend.py").is_file()
     assert not (tmp_path / "node" / "algopkg" / "AlgoExample").exists()  # only the section's package
+
+
+@pytest.mark.parametrize(
+    ("groups", "expected"),
+    [
+        ("[NODES head]\ncpus = 2\n", "[algopkg.Echo] gpu_cost = 1: no [NODES ...] group has a GPU"),
+        (
+            "[NODES head]\ncpus = 2\n\n[NODES gpu]\ngpus = 1\ncpus = 4\nmin_replicas = 3\nmax_replicas = 2\n",
+            "[NODES gpu] min_replicas = 3",
+        ),
+        ("[NODES head]\ncpus = 2\ngpus = 1\n", "[MODEL SERVE] model_zoo = Model_ZOO is local"),
+    ],
+    ids=["a GPU section and no GPU group", "min_replicas above max_replicas", "a local model_zoo"],
+)
+def test_bad_inputs_are_named_by_check_and_by_export_and_no_file_is_written(
+    tmp_path: Path, groups: str, expected: str
+) -> None:
+    conf = write_conf(make_project(tmp_path), {"host": "0.0.0.0"}, *SECTIONS, groups)
+    out = tmp_path / "rayservice.yaml"
+    for command in (["check"], ["export", "kuberay", "-o", str(out)]):
+        code, text = controller_in_process("-c", str(conf), *command)
+        if command == ["check"] and "model_zoo" in expected:
+            assert code == 0, text  # a local model_zoo is fine for an apply: only the export refuses it
+            continue
+        assert code == 2 and expected in text, (command, text)
+    assert not out.exists()
