@@ -402,3 +402,31 @@ def silent_port() -> Iterator[int]:
         server.bind(("127.0.0.1", 0))
         server.listen(64)  # the kernel completes the handshakes; nothing ever reads
         yield server.getsockname()[1]
+
+
+@contextlib.contextmanager
+def dev_server(conf: Path, ready_path: str) -> Iterator[tuple[str, Path]]:
+    """`controller.py dev -c CONF --port <free>` as a user runs it, until the block ends: (its base URL, its output
+    file). It is ready once `GET <base><ready_path>` answers 200."""
+    from modelserve.node import free_port
+
+    port, log = free_port(), conf.parent / "dev.log"
+    with log.open("wb") as out:
+        command = [sys.executable, str(REPO / "controller.py"), "-c", str(conf), "dev", "--port", str(port)]
+        proc = subprocess.Popen(command, stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=user_env())
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(base + ready_path, timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    try:
+        wait_for(lambda: proc.poll() is not None or ready(), 60, "the dev server")
+        assert proc.poll() is None, log.read_text()
+        yield base, log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)

@@ -8,10 +8,13 @@ behind a small WSGI layer that counts requests and can slow or cut object downlo
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -61,6 +64,18 @@ class S3Server:
     def total(self) -> int:
         return sum(self.requests.values())
 
+    def env(self, home: Path) -> dict[str, str]:
+        """The standard AWS variables a user would set for this server; `home` holds the (absent) AWS
+        config and credentials files, so no file of this machine's user counts."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_CONFIG_FILE": str(home / "config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(home / "credentials"),
+        }
+
     def client(self) -> Any:
         import boto3
 
@@ -88,3 +103,15 @@ class S3Server:
             headers = [(k, v) for k, v in headers if not k.lower().startswith("x-amz-checksum")]
         start_response(answer[0], headers)
         return [half]
+
+
+@contextlib.contextmanager
+def environment(variables: Mapping[str, str]) -> Iterator[None]:
+    """`variables` in this process's environment (the controller's, and what subprocesses inherit) until the end."""
+    saved = dict(os.environ)
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

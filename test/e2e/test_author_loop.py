@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 import requests
-from helpers import ECHO_SECTION, MEASURED, REPO, controller, make_project, user_env, wait_for, write_conf
+from helpers import ECHO_SECTION, MEASURED, REPO, controller, dev_server, make_project, wait_for, write_conf
 
 from modelserve.node import free_port
 
@@ -108,34 +107,8 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, P
     """`controller.py dev` on a project of its own (its files get edited): (project, base URL, its output)."""
     root = make_project(tmp_path_factory.mktemp("dev"))
     write_conf(root, {"port": free_port()}, EXAMPLE, ECHO_SECTION)
-    port = free_port()
-    log = root / "dev.log"
-    with log.open("wb") as out:
-        command = [
-            sys.executable,
-            str(REPO / "controller.py"),
-            "-c",
-            str(root / "conf.ini"),
-            "dev",
-            "--port",
-            str(port),
-        ]
-        proc = subprocess.Popen(command, stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=user_env())
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: proc.poll() is not None or _answers(f"{base}/extract/ping"), 60, "the dev server")
-        assert proc.poll() is None, log.read_text()
+    with dev_server(root / "conf.ini", "/extract/ping") as (base, log):
         yield root, base, log
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def _digit(base: str) -> Any:

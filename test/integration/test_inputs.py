@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,20 +16,16 @@ from typing import Any
 import pytest
 import requests
 from helpers import (
-    REPO,
     Reply,
     TestCluster,
     assert_error_envelope,
     call,
     controller_in_process,
+    dev_server,
     make_project,
-    user_env,
-    wait_for,
     write_conf,
 )
 from openapi_spec_validator import validate
-
-from modelserve.node import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -363,26 +357,8 @@ NOT_COMPARED = {"x-modelserve-replica", "date", "server", "content-length", "tra
 @pytest.fixture(scope="module")
 def dev_url(conf: Path) -> Iterator[str]:
     """`controller.py dev` on the module's conf.ini, beside the cluster that serves it."""
-    port = free_port()
-    log = conf.parent / "dev.log"
-    with log.open("wb") as out:
-        command = [sys.executable, str(REPO / "controller.py"), "-c", str(conf), "dev", "--port", str(port)]
-        proc = subprocess.Popen(command, stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=user_env())
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: proc.poll() is not None or _pings(f"{url}/stream/ping"), 60, "the dev server")
-        assert proc.poll() is None, log.read_text()
+    with dev_server(conf, "/stream/ping") as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-
-
-def _pings(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def _answer(

@@ -8,7 +8,6 @@ them into importable `algopkg/<Package>/` and `modelserve/` directories.
 from __future__ import annotations
 
 import dataclasses
-import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 import yaml
 from crd import crd_problems
 from helpers import controller_in_process, make_project, write_conf
-from s3server import S3Server
+from s3server import S3Server, environment
 
 from modelserve import kuberay, package_store, plan
 from modelserve.config import load_config
@@ -41,24 +40,12 @@ GROUPS = (NodeGroup("head", cpus=2, memory="8Gi"), NodeGroup("gpu", cpus=8, memo
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    saved = dict(os.environ)
     with S3Server() as server:
         home = tmp_path_factory.mktemp("aws")
-        os.environ.update(
-            {
-                "AWS_ENDPOINT_URL": server.endpoint,
-                "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": "us-east-1",
-                "AWS_CONFIG_FILE": str(home / "config"),
-                "AWS_SHARED_CREDENTIALS_FILE": str(home / "credentials"),
-            }
-        )
-        server.client().create_bucket(Bucket=BUCKET)
-        server.client().put_object(Bucket=BUCKET, Key="zoo/echo_model.txt", Body=b"echo-plain\n")
-        yield server
-    os.environ.clear()
-    os.environ.update(saved)
+        with environment(server.env(home)):
+            server.client().create_bucket(Bucket=BUCKET)
+            server.client().put_object(Bucket=BUCKET, Key="zoo/echo_model.txt", Body=b"echo-plain\n")
+            yield server
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from helpers import (
     wait_settled,
     write_conf,
 )
-from s3server import S3Server
+from s3server import S3Server, environment
 from wrk import WrkLoad, assert_no_failure
 
 from modelserve import raycompat
@@ -62,27 +62,14 @@ def conf_text(model: str, replicas: int) -> tuple[dict[str, Any], str, str]:
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    saved = dict(os.environ)
     with S3Server() as server:
         home = tmp_path_factory.mktemp("aws")
-        os.environ.update(
-            {
-                "AWS_ENDPOINT_URL": server.endpoint,
-                "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": "us-east-1",
-                "AWS_CONFIG_FILE": str(home / "config"),
-                "AWS_SHARED_CREDENTIALS_FILE": str(home / "credentials"),
-                "MODELSERVE_MODEL_CACHE": str(home / "cache"),  # `try` here: not the user's ~/.cache
-            }
-        )
-        client = server.client()
-        client.create_bucket(Bucket=BUCKET)
-        for version in (1, 2):
-            client.put_object(Bucket=BUCKET, Key=f"zoo/echo/{version}/a.txt", Body=f"echo-v{version}\n".encode())
-        yield server
-    os.environ.clear()
-    os.environ.update(saved)
+        with environment({**server.env(home), "MODELSERVE_MODEL_CACHE": str(home / "cache")}):
+            client = server.client()
+            client.create_bucket(Bucket=BUCKET)
+            for version in (1, 2):
+                client.put_object(Bucket=BUCKET, Key=f"zoo/echo/{version}/a.txt", Body=f"echo-v{version}\n".encode())
+            yield server
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from helpers import (
     wait_settled,
     write_conf,
 )
-from s3server import S3Server
+from s3server import S3Server, environment
 from wrk import WrkLoad, assert_no_failure
 
 pytestmark = pytest.mark.integration
@@ -46,27 +46,15 @@ def section(model: str, replicas: int = 2, extra: str = "") -> str:
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """The store, and the standard AWS variables pointing at it for this process (the controller)."""
-    saved = dict(os.environ)
     with S3Server() as server:
         home = tmp_path_factory.mktemp("aws")
-        os.environ.update(
-            {
-                "AWS_ENDPOINT_URL": server.endpoint,
-                "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": "us-east-1",
-                "AWS_CONFIG_FILE": str(home / "config"),
-                "AWS_SHARED_CREDENTIALS_FILE": str(home / "credentials"),
-            }
-        )
-        client = server.client()
-        client.create_bucket(Bucket=BUCKET)
-        for version in (1, 2):
-            client.put_object(Bucket=BUCKET, Key=f"zoo/echo/{version}/a.txt", Body=f"echo-v{version}\n".encode())
-        client.put_object(Bucket=BUCKET, Key="zoo/echo_model.txt", Body=b"echo-plain\n")
-        yield server
-    os.environ.clear()
-    os.environ.update(saved)
+        with environment(server.env(home)):
+            client = server.client()
+            client.create_bucket(Bucket=BUCKET)
+            for version in (1, 2):
+                client.put_object(Bucket=BUCKET, Key=f"zoo/echo/{version}/a.txt", Body=f"echo-v{version}\n".encode())
+            client.put_object(Bucket=BUCKET, Key="zoo/echo_model.txt", Body=b"echo-plain\n")
+            yield server
 
 
 @pytest.fixture(scope="module")

@@ -157,14 +157,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """moto's S3 server (test/s3server.py) holding one versioned model: `echo@1`."""
     with S3Server() as server:
         home = tmp_path_factory.mktemp("aws")  # no AWS files of the user's
-        env = {
-            "AWS_ENDPOINT_URL": server.endpoint,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_CONFIG_FILE": str(home / "config"),
-            "AWS_SHARED_CREDENTIALS_FILE": str(home / "credentials"),
-        }
+        env = server.env(home)
         client = boto3.client(
             "s3",
             endpoint_url=server.endpoint,
