@@ -13,7 +13,7 @@ import importlib.metadata
 import json
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,12 +44,18 @@ class Outcome:
 
 
 def upload_artifacts(config: Config, cluster: Cluster) -> plan.Artifacts:
+    return artifacts(config, lambda staged, _name: cluster.upload(staged))
+
+
+def artifacts(config: Config, upload: Callable[[Path, str], str]) -> plan.Artifacts:
+    """The plan's artifacts: each package and the replica runtime staged and given to `upload(dir, name)`
+    (to the cluster, or to an object store: package_store.py), which returns its URI."""
     uris = {}
     for package in sorted({s.package for s in config.sections}):
         with staged_package(config.algopkg_dir, package) as staged:
-            uris[package] = cluster.upload(staged)
+            uris[package] = upload(staged, package)
     with staged_runtime() as runtime:
-        runtime_uri = cluster.upload(runtime)
+        runtime_uri = upload(runtime, "modelserve")
     digests = {s.section: plan.section_models(s, config).digest for s in config.sections}
     requirements = {
         s.package: read_requirements(config.algopkg_dir / s.package / "requirements.txt")

@@ -13,9 +13,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from modelserve import plan
+from modelserve import apply, plan
 from modelserve.modelstore import s3_client, store_error
-from modelserve.packaging import read_requirements, staged_package, staged_runtime, tree_digest
+from modelserve.packaging import tree_digest
 from modelserve.settings import Config
 
 PACKAGES = "_packages"
@@ -61,16 +61,4 @@ def store_artifacts(config: Config, client: Any = None) -> plan.Artifacts:
     """`apply.upload_artifacts` for a cluster that reads code from `[MODEL SERVE] model_zoo` (s3://)."""
     store = config.serve.model_zoo
     client = client or s3_client(_UPLOAD_TIMEOUT_S)
-    uris = {}
-    for package in sorted({s.package for s in config.sections}):
-        with staged_package(config.algopkg_dir, package) as staged:
-            uris[package] = upload(staged, store, package, client)
-    with staged_runtime() as runtime:
-        runtime_uri = upload(runtime, store, "modelserve", client)
-    digests = {s.section: plan.section_models(s, config).digest for s in config.sections}
-    requirements = {
-        s.package: read_requirements(config.algopkg_dir / s.package / "requirements.txt")
-        for s in config.sections
-        if s.env == "pip"
-    }
-    return plan.Artifacts(uris, digests, requirements, runtime_uri)
+    return apply.artifacts(config, lambda staged, name: upload(staged, store, name, client))
