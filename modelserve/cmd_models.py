@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from modelserve import inprocess, status
 from modelserve.cluster import ClusterError
@@ -64,15 +63,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             lines += _lines(config, spec, served.get(spec.section) if served or not note else None)
     except ModelStoreError as exc:
         raise UsageError(f"models: {exc}") from None
-    print(_table(header, lines))
+    print(status.columns(header, lines) if lines else "no section names a model")
     if note:
         print(note, file=sys.stderr)
     return 0
-
-
-def _table(header: tuple[str, ...], lines: list[tuple[str, ...]]) -> str:
-    if not lines:
-        return "no section names a model"
-    widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(len(header))]
-    rows: list[Any] = [header, *lines]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)

@@ -12,7 +12,6 @@ Replicas, traffic splits, stages, autoscaling and batching across requests do no
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 import time
 import uuid
@@ -28,6 +27,7 @@ from modelserve import envelope, inprocess, plan
 from modelserve.config import ConfigError, load_config
 from modelserve.errors import ModelServeError
 from modelserve.fallback import RouteNotFound
+from modelserve.localhead import port_taken
 from modelserve.pipeline import Pipeline
 from modelserve.settings import Config, SectionSpec
 
@@ -202,15 +202,6 @@ class DevServer:
         return loaded
 
 
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def serve(config_path: Path, host: str | None = None, port: int | None = None) -> int:
     """Run the dev server until Ctrl-C. Exit 2 when conf.ini is invalid or the port is taken."""
     import uvicorn
@@ -218,7 +209,7 @@ def serve(config_path: Path, host: str | None = None, port: int | None = None) -
     server = DevServer(config_path)
     host = host or "127.0.0.1"
     port = server.config.serve.port if port is None else port
-    if not _port_free(host, port):
+    if port_taken(port, host):
         print(
             f"error: dev: port {port} on {host} is taken (a cluster serving it?); give another: --port P",
             file=sys.stderr,

@@ -48,7 +48,7 @@ class LocalHead:
         return True
 
 
-def _port_taken(port: int, host: str) -> bool:
+def port_taken(port: int, host: str) -> bool:
     """Something listens on `port` where a listener on `host` would be (a closed port's
     TIME_WAIT connections do not count: SO_REUSEADDR)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -78,7 +78,7 @@ def refuse_taken_ports(settings: ServeSettings) -> None:
         f"[MODEL SERVE] {key} = {port}: port {port} is held by {_holder(port)}, another cluster or program on "
         f"this host; set `{key}` in conf.ini to a free port, or stop what holds it"
         for key, port, host in wanted
-        if _port_taken(port, host)
+        if port_taken(port, host)
     ]
     if problems:
         raise ClusterError("the local Ray cluster was not started:\n  " + "\n  ".join(problems))

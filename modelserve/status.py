@@ -217,9 +217,11 @@ def table(rows_: Iterable[Row]) -> str:
     if any("@" in model for r in rows_ for model in r.models):  # a section serves a numbered version
         header = (*header, "MODEL")
         lines = [(*line, ",".join(r.models) or "-") for line, r in zip(lines, rows_, strict=True)]
-    if not lines:
-        return "no sections are deployed"
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=False)]
-    return "\n".join(
-        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in [header, *lines]
-    )
+    return columns(header, lines) if lines else "no sections are deployed"
+
+
+def columns(header: tuple[str, ...], lines: Iterable[tuple[str, ...]]) -> str:
+    """A header and its lines as left-aligned columns two spaces apart (the CLI's tables)."""
+    rows_ = [header, *lines]
+    widths = [max(len(str(x)) for x in col) for col in zip(*rows_, strict=True)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows_)
