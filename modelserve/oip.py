@@ -220,17 +220,18 @@ def outputs_of(result: Any, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray
     """
     if not isinstance(result, Mapping):
         result = {specs[0].name if specs else "output0": result}
-    outputs: dict[str, np.ndarray[Any, Any]] = {}
-    for key, value in result.items():
-        try:
-            outputs[str(key)] = tensors.as_tensor(value)
-        except ValueError as error:
-            raise ProtocolError(
-                f"the model's output {key!r} can't be a tensor: {error}; return arrays, numbers, strings "
-                "or lists of them, or a dict of those",
-                500,
-            ) from None
-    return outputs
+    return {str(key): _output(key, value) for key, value in result.items()}
+
+
+def _output(key: Any, value: Any) -> np.ndarray[Any, Any]:
+    try:
+        return tensors.as_tensor(value)
+    except ValueError as error:
+        raise ProtocolError(
+            f"the model's output {key!r} can't be a tensor: {error}; return arrays, numbers, strings "
+            "or lists of them, or a dict of those",
+            500,
+        ) from None
 
 
 def encode_infer(
@@ -238,9 +239,10 @@ def encode_infer(
 ) -> tuple[bytes, dict[str, str]]:
     """The infer answer: the outputs the request asks for (all when it names none), as JSON or binary data.
 
-    Returns the body and its headers. Raises ProtocolError(400) for a requested output the model lacks.
+    `outputs` as `outputs_of` gives them (other values are converted the same way). Returns the body and its
+    headers. Raises ProtocolError(400) for a requested output the model lacks.
     """
-    requested = request.outputs or tuple({"name": name, "parameters": {}} for name in outputs)
+    requested = request.outputs or tuple({"name": name} for name in outputs)
     answer: dict[str, Any] = {"model_name": model_name}
     if model_version is not None:
         answer["model_version"] = model_version
@@ -252,9 +254,9 @@ def encode_infer(
         name = entry["name"]
         if name not in outputs:
             raise ProtocolError(f"requested output {name!r} is not one of the model's outputs ({', '.join(outputs)})")
-        array = outputs[name]
+        array = _output(name, outputs[name])
         tensor: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
-        if entry["parameters"].get("binary_data", request.binary_output):
+        if (entry.get("parameters") or {}).get("binary_data", request.binary_output):
             chunks.append(tensors.to_binary(array))
             tensor["parameters"] = {"binary_data_size": len(chunks[-1])}
         else:

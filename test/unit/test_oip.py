@@ -121,6 +121,7 @@ def test_binary_and_json_inputs_mixed_with_an_id_and_parameters() -> None:
     assert request.parameters["threshold"] == 0.5
     assert request.outputs == ()
     assert request.binary_output  # tritonclient asks for binary outputs when it names none
+    assert all(array.flags.writeable for array in request.inputs.values())  # a backend may scale in place
 
 
 def test_requested_outputs_and_their_binary_flags() -> None:
@@ -242,6 +243,12 @@ BAD_REQUESTS: dict[str, tuple[bytes, str | None, str]] = {
         "data[1] must hold 3 entries (shape [2, 3]), it holds 2 entries",
     ),
     "nesting too deep": (bad([{**FP32_X, "data": [[1], [2]]}]), None, "data[0] is nested deeper than shape [2]"),
+    "nested scalar": (bad([{**FP32_X, "shape": [], "data": [[1]]}]), None, "shape [] holds one element: send [value]"),
+    "nested deeper at the end": (
+        bad([{**FP32_X, "shape": [1, 2], "data": [[1, [2]]]}]),
+        None,
+        "data[0][1] is nested deeper than shape [1, 2]",
+    ),
     "data not an array": (bad([{**FP32_X, "data": 1.5}]), None, "input 'x': data must be a JSON array"),
     "string for a number": (bad([{**FP32_X, "data": [1, "2"]}]), None, "FP32 data must be numbers, element 1"),
     "float for an integer": (bad([{**FP32_X, "datatype": "INT32", "data": [1, 2.5]}]), None, "must be integers"),
@@ -324,6 +331,15 @@ def test_an_unknown_requested_output_is_a_400_naming_the_outputs() -> None:
         encode_infer("m", None, request, {"scores": np.zeros(2), "labels": np.zeros(2)})
     assert raised.value.status == 400
     assert raised.value.message == "requested output 'nope' is not one of the model's outputs (scores, labels)"
+
+
+def test_encode_infer_takes_raw_values_too() -> None:
+    outputs = {"s": np.array(["a", "é"]), "big": np.arange(3, dtype=">f8")[::-1], "n": 5}
+    for binary in (True, False):
+        result = answer(*encode_infer("m", None, InferRequest(None, {}, {}, (), binary), outputs))
+        np.testing.assert_array_equal(result.as_numpy("big"), [2.0, 1.0, 0.0])
+        assert result.as_numpy("n") == 5
+        assert result.as_numpy("s").tolist() == ([b"a", "é".encode()] if binary else ["a", "é"])
 
 
 def test_bytes_that_are_not_utf8_go_as_binary_only() -> None:
