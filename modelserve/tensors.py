@@ -227,7 +227,7 @@ def as_tensor(value: Any) -> np.ndarray[Any, Any]:
     if array.dtype == object:
         if not all(isinstance(item, (str, bytes)) for item in array.ravel()):
             raise ValueError("holds objects that are neither numbers nor strings")
-        return _as_bytes(array)
+        return array if all(type(item) is bytes for item in array.ravel()) else _as_bytes(array)
     try:
         return array.astype(DATATYPES[datatype_of(array)], copy=False)
     except ProtocolError as error:

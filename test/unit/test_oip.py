@@ -384,6 +384,8 @@ def test_outputs_of_one_value_or_a_dict() -> None:
     assert many["raw"].item() == b"\x00\x01"
     assert many["names"].tolist() == [b"a", b"bc"]
     assert many["n"].dtype == np.int64
+    subclassed = outputs_of(np.array([np.str_("a"), np.bytes_(b"b")], dtype=object), [])["output0"]
+    assert subclassed.tolist() == [b"a", b"b"]
     big_endian = outputs_of(np.arange(3, dtype=">i4"), [])["output0"]
     assert big_endian.dtype == np.dtype("<i4") and big_endian.tolist() == [0, 1, 2]
 
