@@ -11,6 +11,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(PYTHON) -m venv .venv-kserve  # KServe's own client, for the protocol's tests: it pins protobuf 6, Ray needs 7
+	.venv-kserve/bin/pip install --quiet 'kserve==0.21.0'
 	touch $@
 
 serve: setup          ## set up, start a local Ray cluster if none is reachable, deploy conf.ini

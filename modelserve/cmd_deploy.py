@@ -121,22 +121,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     if status.splits(details, args.stage):
         for line in status.traffic_lines(details, _mirrored(cluster), args.stage):
             print(line)
+    if status.multiplexed(details):
+        for line in status.held_lines(details, _series(cluster, "ray_modelserve_model_held")):
+            print(line)
     return code
 
 
 def _mirrored(cluster: Cluster) -> dict[tuple[str, str], float]:
     """`{(mirror section, outcome): copies}` summed over every node's metrics exporter."""
     counts: dict[tuple[str, str], float] = {}
+    for tags, value in _series(cluster, "ray_modelserve_mirrored_total"):
+        key = (tags.get("section", ""), tags.get("outcome", ""))
+        counts[key] = counts.get(key, 0.0) + value
+    return counts
+
+
+def _series(cluster: Cluster, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every node exporter's samples of one series: `(tags, value)`."""
+    found = []
     for target in cluster.metrics_targets():
         try:
             text = requests.get(target, timeout=5).text
         except requests.RequestException:
             continue
-        for labels, value in re.findall(r"^ray_modelserve_mirrored_total\{(.*?)\} (\S+)$", text, re.M):
-            tags = dict(re.findall(r'(\w+)="(.*?)"', labels))
-            key = (tags.get("section", ""), tags.get("outcome", ""))
-            counts[key] = counts.get(key, 0.0) + float(value)
-    return counts
+        for labels, value in re.findall(rf"^{name}\{{(.*?)\}} (\S+)$", text, re.M):
+            found.append((dict(re.findall(r'(\w+)="(.*?)"', labels)), float(value)))
+    return found
 
 
 def cmd_down(args: argparse.Namespace) -> int:

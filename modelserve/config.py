@@ -189,4 +189,6 @@ def _resolve_models(config: Config, problems: list[str]) -> dict[str, SectionMod
             resolved[spec.section] = models.resolve(spec.section, config.zoo_of(spec), spec.model_files, stores)
         except ModelStoreError as exc:
             problems.append(str(exc))
+        if spec.models:
+            problems.extend(models.multiplexed_problems(spec, config.models_of(spec), stores))
     return resolved

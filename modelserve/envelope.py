@@ -24,6 +24,8 @@ from decimal import Decimal
 from pathlib import PurePath
 from typing import Any
 
+from starlette.responses import Response
+
 from modelserve.errors import ModelError, ModelServeError
 from modelserve.inputs import File
 
@@ -99,3 +101,13 @@ def success(result: Any, info: Any, request_id: str) -> dict[str, Any]:
 def failure(error: ModelServeError, request_id: str) -> dict[str, Any]:
     message = str(error) or error.error_type
     return {"status": 0, "error": {"type": error.error_type, "message": message}, "request_id": request_id}
+
+
+def success_response(result: Any, info: Any, request_id: str, headers: Mapping[str, str]) -> Response:
+    body = dumps(success(result, info, request_id))
+    return Response(body, media_type="application/json", headers=dict(headers))
+
+
+def error_response(error: ModelServeError, request_id: str, headers: Mapping[str, str]) -> Response:
+    body = dumps(failure(error, request_id))
+    return Response(body, error.status_code, media_type="application/json", headers={**headers, **error.headers})

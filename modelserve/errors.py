@@ -87,3 +87,7 @@ class ModelLoadError(ModelServeError):
     """The backend could not load its model; the replica must not take traffic."""
 
     error_type = "ModelLoadError"
+
+
+class ModelStoreError(ModelServeError):
+    """A model file or version cannot be listed or read; the message names the URI and the cause."""

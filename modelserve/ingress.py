@@ -19,9 +19,17 @@ from starlette.responses import Response, StreamingResponse
 
 from modelserve import accesslog, raycompat
 from modelserve.metrics import SectionMetrics
+from modelserve.multiplex import Models
 from modelserve.pipeline import Pipeline
 from modelserve.replica_spec import ReplicaArgs, ReplicaConfig
 from modelserve.router import SECTION_HEADER, Router, payload_of
+
+
+def _batcher(pipeline: Pipeline) -> Any:
+    """A batch queue of its own for one pipeline (a decorated method would share one queue per class).
+    Ray's `serve.batch` is untyped; its wrapper adds set_max_batch_size and set_batch_wait_timeout_s."""
+    batch = cast(Any, serve.batch)(max_batch_size=1, batch_wait_timeout_s=0.0)
+    return batch(pipeline.infer_batch)
 
 
 def _replica_id() -> str:
@@ -42,12 +50,16 @@ class ModelReplica:
         self._batch_sizes: dict[str, int] = {}
         self._router: Router | None = None  # set while this section owns a split route (router.py)
         self._active_shown = 0  # what the in-flight gauge says: set again as soon as the replica is idle
-        self._pipeline = Pipeline.load(spec, _replica_id())
-        self._pipeline.observer = self
-        # One batch queue per replica (a decorated method would share one queue per class). Ray's
-        # `serve.batch` is untyped; its wrapper adds set_max_batch_size and set_batch_wait_timeout_s.
-        batch = cast(Any, serve.batch)(max_batch_size=1, batch_wait_timeout_s=0.0)
-        self._pipeline.batcher = batch(self._pipeline.infer_batch)
+        self._models: Models | None = None  # a multiplexed section's (multiplex.py): a pipeline per model
+        self._pipelines: tuple[Pipeline, ...] = ()
+        if spec.models:
+            self._models = Models(spec, _replica_id(), self, _batcher)
+            self._load_model = self._models.load  # where Ray Serve looks for `serve.multiplexed`
+        else:
+            self._pipeline = Pipeline.load(spec, _replica_id())
+            self._pipeline.observer = self
+            self._pipeline.batcher = _batcher(self._pipeline)
+            self._pipelines = (self._pipeline,)
         self._show_load_seconds()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -62,7 +74,10 @@ class ModelReplica:
             self._router.reconfigure(config.traffic)
         else:
             self._router = None
-        self._pipeline.configure(config)
+        if self._models is not None:
+            self._models.configure(config)
+        else:
+            self._pipeline.configure(config)
         self._show_load_seconds()
 
     def check_health(self) -> None:
@@ -71,11 +86,16 @@ class ModelReplica:
         self._show_in_flight()
         # Set again on every check: Ray's exporter may drop a gauge that is set once (seen in the tests).
         self._show_load_seconds()
-        self._pipeline.check_health()
+        if self._models is not None:
+            self._models.check_health()
+        else:
+            self._pipeline.check_health()
 
     async def __call__(self, request: Request) -> Response:
         """A request to the route; a section that owns a split route (router.py) first picks who
         answers it: itself, or another section, forwarded."""
+        if self._models is not None:
+            return await self._models.handle(request)
         router, pipeline = self._router, self._pipeline
         if router is None or pipeline.where(request)[1]:  # not split, or a probe
             return await pipeline.handle(request)
@@ -111,7 +131,10 @@ class ModelReplica:
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": body, "more_body": False}
 
-        response = await self._pipeline.handle(Request(scope, receive))
+        if self._models is not None:
+            response = await self._models.handle(Request(scope, receive), forwarded=True)
+        else:
+            response = await self._pipeline.handle(Request(scope, receive))
         if isinstance(response, StreamingResponse):
             chunks = [chunk async for chunk in response.body_iterator]
             content = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
@@ -148,9 +171,12 @@ class ModelReplica:
     def _show_in_flight(self) -> None:
         """Sampled at each health check (not per request: a metric call costs), and set to 0 when the
         replica goes idle after a sample that counted requests."""
-        self._metrics.in_flight.set(self._pipeline.active)
-        self._active_shown = self._pipeline.active
+        active = sum(p.active for p in self._pipelines or (self._models.held.values() if self._models else ()))
+        self._metrics.in_flight.set(active)
+        self._active_shown = active
 
     def _show_load_seconds(self) -> None:
+        if self._models is not None:
+            return
         for phase, seconds in self._pipeline.load_seconds.items():
             self._metrics.load_seconds.set(seconds, {"phase": phase})

@@ -70,6 +70,12 @@ def missing_requirements(spec: SectionSpec, config: Config) -> list[str]:
 
 def require_environment(spec: SectionSpec, config: Config, command: str) -> None:
     """Refuse a section whose own environment this Python does not have, saying what to run instead."""
+    if spec.models:
+        raise LocalError(
+            f"[{spec.section}] models = {spec.models}: {command} loads one model in this process, and this section "
+            f"serves many (on the cluster: python controller.py). To try one of them here, copy the section with "
+            f"`model_zoo = {spec.models}` and `model = <one of its models>`"
+        )
     missing = missing_requirements(spec, config)
     if not missing:
         return

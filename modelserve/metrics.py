@@ -24,6 +24,11 @@ REJECTED = "modelserve_rejected"
 #: Seconds a replica took to load its model and to warm up, by `phase` (gauge).
 LOAD_SECONDS = "modelserve_load_seconds"
 
+#: A multiplexed section's model events, by `event`: hit, loaded, unloaded, forwarded, failed (counter).
+MODEL_EVENTS = "modelserve_model_events"
+#: Models a replica of a multiplexed section holds, by `model`: 1 while held, 0 once unloaded (gauge).
+MODEL_HELD = "modelserve_model_held"
+
 LATENCY_BOUNDARIES_MS = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1e3, 2e3, 5e3, 1e4, 3e4]
 BATCH_BOUNDARIES = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]
 
@@ -44,6 +49,8 @@ def prometheus_names() -> dict[str, str]:
         IN_FLIGHT: f"ray_{IN_FLIGHT}",
         REJECTED: f"ray_{REJECTED}_total",
         LOAD_SECONDS: f"ray_{LOAD_SECONDS}",
+        MODEL_EVENTS: f"ray_{MODEL_EVENTS}_total",
+        MODEL_HELD: f"ray_{MODEL_HELD}",
     }
 
 
@@ -79,3 +86,28 @@ class SectionMetrics:
         reason = REASONS.get(code)
         if reason is not None:
             self.rejected.inc(1, {"reason": reason})
+
+
+class ModelMetrics:
+    """A multiplexed section's model events and held models, on one replica (multiplex.py)."""
+
+    def __init__(self, section: str) -> None:
+        self.events = metrics.Counter(MODEL_EVENTS, "model hits, loads, unloads", tag_keys("section", "event"))
+        self.events.set_default_tags({"section": section})
+        self.held = metrics.Gauge(
+            MODEL_HELD, "1 while the replica holds the model", tag_keys=tag_keys("section", "model")
+        )
+        self.held.set_default_tags({"section": section})
+        self._tags: dict[str, dict[str, str]] = {}
+        #: The same counts, in the replica.
+        self.counts: dict[str, int] = {}
+
+    def count(self, event: str) -> None:
+        tags = self._tags.get(event)
+        if tags is None:
+            tags = self._tags[event] = {"event": event}
+        self.events.inc(1, tags)
+        self.counts[event] = self.counts.get(event, 0) + 1
+
+    def holds(self, model: str, held: bool) -> None:
+        self.held.set(1 if held else 0, {"model": model})

@@ -24,8 +24,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from modelserve.modelstore import ModelStoreError, StoredFile, s3_client, store_error
+from modelserve.modelstore import ModelStoreError, StoredFile
 from modelserve.replica_spec import ReplicaArgs
+from modelserve.s3 import s3_client, store_error
 
 _CHUNK_BYTES = 1 << 20
 #: How long one read of a download may wait for bytes before it is retried, then fails.

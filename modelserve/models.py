@@ -13,9 +13,13 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modelserve.modelstore import ModelStoreError, Resolved, Store, StoredFile, open_store, parse_ref
 from modelserve.packaging import files_digest
+
+if TYPE_CHECKING:
+    from modelserve.settings import SectionSpec
 
 
 @dataclass(frozen=True)
@@ -68,3 +72,21 @@ def resolve(section: str, zoo: str, entries: Iterable[str], stores: dict[str, St
             fix = "upload it or fix the name" if zoo.startswith("s3://") else "put it in model_zoo or fix the name"
             raise ModelStoreError(f"[{section}] model = {entry!r}: {exc}; {fix}") from None
     return SectionModels(zoo, tuple(resolved))
+
+
+def multiplexed_problems(spec: SectionSpec, store_uri: str, stores: dict[str, Store]) -> list[str]:
+    """What is wrong with a multiplexed section (`models`): its store must list, hold a model, and the
+    section must not also name `model` files."""
+    problems = []
+    if spec.model_files:
+        problems.append(
+            f"[{spec.section}] model = {', '.join(spec.model_files)!r}: a section with `models` (many models, "
+            "one per request) serves no `model` files; remove one of the two keys"
+        )
+    try:
+        store = stores.get(store_uri) or stores.setdefault(store_uri, open_store(store_uri))
+        if not store.entries():
+            problems.append(f"[{spec.section}] models = {spec.models!r}: {store_uri} holds no model; put one in it")
+    except ModelStoreError as exc:
+        problems.append(f"[{spec.section}] models = {spec.models!r}: {exc}; create it or fix the path")
+    return problems

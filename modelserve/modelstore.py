@@ -13,19 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelserve.errors import ModelServeError
+from modelserve.errors import ModelStoreError
+from modelserve.s3 import LIST_TIMEOUT_S, code_of, s3_client, store_error
+
+__all__ = ["ModelStoreError", "open_store", "parse_ref", "s3_client", "store_error"]
 
 ACCEPTED_FORMS = "a file name ('w.npz'), a numbered version ('digits@3') or the highest one ('digits@latest')"
 _VERSION = re.compile(r"0|[1-9][0-9]*")
-#: S3 requests fail fast: `check` must say "endpoint unreachable" in seconds, not minutes
-#: (2 attempts of a 2 s connect or a 2 s wait for an answer, a backoff: under 7 s for a store that never answers).
-_S3_CONNECT_TIMEOUT_S = 2
-_S3_LIST_TIMEOUT_S = 2
-_S3_ATTEMPTS = 2
-
-
-class ModelStoreError(ModelServeError):
-    """A model file or version cannot be listed or read; the message names the URI and the cause."""
 
 
 @dataclass(frozen=True)
@@ -121,9 +115,6 @@ class Store:
     def versions(self, name: str) -> list[int]:
         raise NotImplementedError
 
-    def _version_files(self, name: str, version: int) -> tuple[StoredFile, ...]:
-        raise NotImplementedError
-
     def _file(self, name: str) -> StoredFile:
         raise NotImplementedError
 
@@ -151,6 +142,26 @@ class Store:
         raise ModelStoreError(
             f"{self._uri(ref.name, str(ref.version))}/: no such version; the versions there are: {there}"
         )
+
+    def entries(self) -> list[str]:
+        """The models of a multiplexed section's `models` store: the names at its top, in order."""
+        raise NotImplementedError
+
+    def entry(self, name: str) -> tuple[StoredFile, ...]:
+        """One of them: the file `<store>/name`, or every file under `<store>/name/` (names relative to it)."""
+        try:
+            return (self._file(name),)
+        except ModelStoreError:
+            files = self._folder_files(name)
+            if not files:
+                raise ModelStoreError(f"{self._uri(name)}: no such model (a file or a folder of files)") from None
+            return files
+
+    def _folder_files(self, name: str) -> tuple[StoredFile, ...]:
+        raise NotImplementedError
+
+    def _version_files(self, name: str, version: int) -> tuple[StoredFile, ...]:
+        return self._folder_files(f"{name}/{version}")
 
     def _uri(self, *parts: str) -> str:
         return "/".join([self.uri.rstrip("/"), *parts])
@@ -184,8 +195,14 @@ class LocalStore(Store):
             raise ModelStoreError(f"{path}: no such file")
         return _local_file(path, name)
 
-    def _version_files(self, name: str, version: int) -> tuple[StoredFile, ...]:
-        folder = self.root / name / str(version)
+    def entries(self) -> list[str]:
+        try:
+            return sorted(p.name for p in self.root.iterdir() if not p.name.startswith("."))
+        except OSError as exc:
+            raise ModelStoreError(f"{self.root}: cannot be listed ({exc.strerror})") from None
+
+    def _folder_files(self, name: str) -> tuple[StoredFile, ...]:
+        folder = self.root / name
         paths = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.relative_to(folder).as_posix())
         return tuple(_local_file(p, p.relative_to(folder).as_posix()) for p in paths)
 
@@ -205,7 +222,7 @@ class S3Store(Store):
         self.bucket = bucket
         self.prefix = prefix
         self.uri = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
-        self._client = s3_client(read_timeout_s=_S3_LIST_TIMEOUT_S)
+        self._client = s3_client(read_timeout_s=LIST_TIMEOUT_S)
 
     def _key(self, *parts: str) -> str:
         return "/".join(p for p in (self.prefix, *parts) if p)
@@ -225,13 +242,21 @@ class S3Store(Store):
         try:
             head = self._client.head_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
-            if _code(exc) in ("404", "NoSuchKey"):
+            if code_of(exc) in ("404", "NoSuchKey"):
                 self._check_bucket(uri)
             raise store_error(uri, exc) from exc
         return StoredFile(uri, name, head["ETag"].strip('"'), int(head["ContentLength"]))
 
-    def _version_files(self, name: str, version: int) -> tuple[StoredFile, ...]:
-        folder = self._key(name, str(version)) + "/"
+    def entries(self) -> list[str]:
+        top = self._key() + "/" if self.prefix else ""
+        names: set[str] = set()
+        for page in self._pages(top, delimiter="/"):
+            names.update(c["Prefix"][len(top) :].rstrip("/") for c in page.get("CommonPrefixes", []))
+            names.update(item["Key"][len(top) :] for item in page.get("Contents", []) if item["Key"] != top)
+        return sorted(names)
+
+    def _folder_files(self, name: str) -> tuple[StoredFile, ...]:
+        folder = self._key(name) + "/"
         found = [
             StoredFile(
                 f"s3://{self.bucket}/{item['Key']}", item["Key"][len(folder) :], item["ETag"].strip('"'), item["Size"]
@@ -254,61 +279,5 @@ class S3Store(Store):
         try:
             self._client.head_bucket(Bucket=self.bucket)
         except Exception as exc:
-            if _code(exc) in ("404", "NoSuchBucket"):
+            if code_of(exc) in ("404", "NoSuchBucket"):
                 raise ModelStoreError(f"{uri}: no such bucket {self.bucket!r}") from exc
-
-
-def s3_client(read_timeout_s: float) -> Any:
-    """A boto3 S3 client from the standard AWS environment, with short timeouts and few retries.
-
-    `read_timeout_s` is how long one read of the answer may wait (a download's chunk, a listing).
-    """
-    import boto3
-    from botocore.config import Config
-
-    config = Config(
-        connect_timeout=_S3_CONNECT_TIMEOUT_S,
-        read_timeout=read_timeout_s,
-        retries={"max_attempts": _S3_ATTEMPTS, "mode": "standard"},
-    )
-    return boto3.session.Session().client("s3", config=config)
-
-
-def store_error(uri: str, exc: Exception) -> ModelStoreError:
-    """A boto3/botocore exception -> ModelStoreError naming the URI and the cause in plain words."""
-    from botocore.exceptions import (
-        ConnectionClosedError,
-        ConnectionError,
-        FlexibleChecksumError,
-        IncompleteReadError,
-        NoCredentialsError,
-        PartialCredentialsError,
-        ReadTimeoutError,
-        ResponseStreamingError,
-    )
-
-    code = _code(exc)
-    if isinstance(exc, (IncompleteReadError, ResponseStreamingError, FlexibleChecksumError)):
-        cause = f"the download was cut or corrupted ({exc}); try again"
-    elif isinstance(exc, (ConnectionError, ReadTimeoutError, ConnectionClosedError)):
-        cause = f"endpoint unreachable ({exc}); check AWS_ENDPOINT_URL and that the store is up"
-    elif isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-        cause = "no AWS credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
-    elif code in ("404", "NoSuchKey"):
-        cause = "no such key"
-    elif code == "NoSuchBucket":
-        cause = f"no such bucket {uri[len('s3://') :].split('/', 1)[0]!r}"
-    elif code in ("403", "AccessDenied", "AllAccessDisabled"):
-        cause = "access denied; the credentials may not read this bucket or key"
-    elif code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
-        cause = f"the credentials were refused ({code}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-    elif code in ("412", "PreconditionFailed"):
-        cause = "the object changed since it was resolved (another ETag); apply again to serve the new one"
-    else:
-        cause = f"{type(exc).__name__}: {exc}"
-    return ModelStoreError(f"{uri}: {cause}")
-
-
-def _code(exc: Exception) -> str:
-    response = getattr(exc, "response", None)
-    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from modelserve import apply, plan
-from modelserve.modelstore import s3_client, store_error
 from modelserve.packaging import tree_digest
+from modelserve.s3 import s3_client, store_error
 from modelserve.settings import Config
 
 PACKAGES = "_packages"

@@ -20,12 +20,12 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelserve import auth, envelope, inputs, openapi, streaming
+from modelserve import auth, envelope, inputs, openapi, protocol, streaming
 from modelserve.backend import (
     Backend,
     create_backend,
@@ -43,32 +43,12 @@ from modelserve.errors import (
     NotFound,
     Timeout,
 )
+from modelserve.hooks import Batcher, Observer
 from modelserve.modelcalls import ModelCalls
 from modelserve.replica_spec import ReplicaArgs, ReplicaConfig
 from modelserve.warmup import run_warmup
 
 logger = logging.getLogger("ray.serve")
-
-
-class Observer(Protocol):
-    """What the replica records of each answer (metrics, the access log)."""
-
-    def answered(self, request: Request, request_id: str, status: int, latency_ms: float, counted: bool) -> None:
-        """After each answer; `counted` is False for probes (`/ping`, `/openapi.json`)."""
-
-    def batched(self, request_ids: list[str], size: int) -> None:
-        """Each batch of more than one request handed to the model."""
-
-    def idle(self) -> None:
-        """The pipeline has no request left (also after one that was cancelled)."""
-
-
-class Batcher(Protocol):
-    """A batch queue in front of `Pipeline.infer_batch` (the replica's: Ray Serve's `serve.batch`)."""
-
-    def set_max_batch_size(self, size: int) -> None: ...
-    def set_batch_wait_timeout_s(self, seconds: float) -> None: ...
-    async def __call__(self, params: Any, request_id: str) -> Any: ...
 
 
 class Pipeline:
@@ -87,10 +67,15 @@ class Pipeline:
         #: Seconds the model took to load and to warm up.
         self.load_seconds: dict[str, float] = {}
         self.calls = ModelCalls()
-        self._headers = {REPLICA_HEADER: replica_id}
+        #: Headers of every answer (which replica answered).
+        self.headers = {REPLICA_HEADER: replica_id}
+        #: The model's name over the Open Inference Protocol (protocol.py): the route, or a multiplexed model's.
+        self.model_name = ""  # "": the route's (a multiplexed section names each of its models)
+        self.model_version: str | None = None
+        self.tensors = protocol.Tensors(backend, None)
         self._own_batch = has_batch_method(backend)
         self._has_infer = has_infer_method(backend)
-        self._streams = has_stream_method(backend)
+        self.streams = has_stream_method(backend)
         self._params_model = getattr(backend, "Params", None)
         self._warmup = warmup
         self._timeout_s = 60.0
@@ -99,7 +84,7 @@ class Pipeline:
         self._max_batch_size = 1
         self._batch_wait_s = 0.0
         self._in_flight = 0  # requests in the batching path now
-        self._public_route = ""
+        self.route = ""  # the route clients call (`/extract`)
         self._user_config: dict[str, Any] | None = None
         self._openapi: dict[tuple[str, bool], bytes] = {}  # by root path, and whether the route needs a key
 
@@ -115,10 +100,8 @@ class Pipeline:
 
         backend_cls = load_backend_class(args.package, args.backend)
         backend = create_backend(backend_cls, model_dir(args), list(args.model_files))
-        warmup = None
-        if args.warmup:
-            warmup = Path(importlib.import_module(f"algopkg.{args.package}").__path__[0]) / args.warmup
-        pipeline = cls(backend, args.section, args.methods, replica_id, warmup)
+        pipeline = cls(backend, args.section, args.methods, replica_id, warmup_file(args))
+        pipeline.model_version = protocol.version_of(args.rollout_keys.get("model@", ()))
         pipeline.load_seconds["load"] = time.monotonic() - started
         return pipeline
 
@@ -129,9 +112,9 @@ class Pipeline:
         self._batch_wait_s = config.batch_wait_ms / 1000
         self._max_body = config.max_body_kb * 1024
         self._timeout_s = config.timeout_s
-        self.calls.allow_inline(config.model_calls == "inline" and not self._streams)  # a stream: on the thread
+        self.calls.allow_inline(config.model_calls == "inline" and not self.streams)  # a stream: on the thread
         self._api_keys = config.api_keys
-        self._public_route = config.route
+        self.route = config.route
         if self.batcher is not None:
             self.batcher.set_max_batch_size(self._max_batch_size)
         if dict(config.user) != self._user_config:  # not again for a new weight or API key
@@ -141,7 +124,7 @@ class Pipeline:
         if self._warmup is not None:
             warmup, self._warmup = self._warmup, None
             started = time.monotonic()
-            run_warmup(self.backend, warmup)
+            self.tensors = protocol.Tensors(self.backend, run_warmup(self.backend, warmup))
             self.load_seconds["warmup"] = time.monotonic() - started
 
     def check_health(self) -> None:
@@ -170,13 +153,7 @@ class Pipeline:
 
     def where(self, request: Request) -> tuple[str, str]:
         """The route's root path, and the path under it (`""` for the model, `/ping`, ...)."""
-        path = request.scope["path"]
-        root = request.scope.get("root_path", "")
-        public = self._public_route
-        if not root and public and (path == public or path.startswith(public + "/")):
-            root = public  # reached directly for a moment while Ray moves the route from one section to another
-        sub = path[len(root) :] if root and path.startswith(root) else path
-        return root, sub.rstrip("/")
+        return where(request, self.route)
 
     def within_limit(self, request: Request) -> bool:
         declared = request.headers.get("content-length", "")
@@ -187,20 +164,22 @@ class Pipeline:
         try:
             if sub == "/ping":
                 return self._success("pong", request_id), False
+            if protocol.is_protocol(sub):
+                return await protocol.answer(self, request, sub, request_id)
             if sub == "/openapi.json":
                 document = self.openapi_document(root)
-                return Response(document, media_type="application/json", headers=self._headers), False
+                return Response(document, media_type="application/json", headers=self.headers), False
             if sub:
                 verbs, path = " or ".join(self.methods), request.scope["path"]
                 raise NotFound(f"no such path {path!r}; {verbs} params to {root or '/'}, or GET {root}/ping")
-            auth.require_key(request.headers, self._api_keys)
+            self.require_key(request.headers)
             if request.method not in self.methods:
                 raise MethodNotAllowed(request.method, self.methods)
             answer = await self._route(request, request_id)
             if isinstance(answer, Response):
                 return answer, True
             if isinstance(answer, RawResponse):
-                headers = {**self._headers, **answer.headers}  # x-request-id: the proxy's (devserver's)
+                headers = {**self.headers, **answer.headers}  # x-request-id: the proxy's (devserver's)
                 return Response(answer.body, media_type=answer.content_type, headers=headers), True
             return self._success(answer, request_id), True
         except ModelServeError as exc:
@@ -210,14 +189,21 @@ class Pipeline:
             error = ModelError(f"internal error; see the replica log for request {request_id}")
             return self._error(error, request_id), True
 
+    def require_key(self, headers: Mapping[str, str]) -> None:
+        auth.require_key(headers, self._api_keys)
+
+    async def read_body(self, request: Request) -> bytes:
+        return await inputs.read_body(request, self._max_body)
+
     async def _route(self, request: Request, request_id: str) -> Any:
-        params: Any = inputs.parse_params(
-            await inputs.read_body(request, self._max_body),
-            request.query_params,
-            request.headers.get("content-type", ""),
-        )
+        content_type = request.headers.get("content-type", "")
+        params: Any = inputs.parse_params(await self.read_body(request), request.query_params, content_type)
         if self._params_model is not None:
             params = inputs.validate(self._params_model, params)
+        return await self.call_model(request, params, request_id)
+
+    async def call_model(self, request: Request, params: Any, request_id: str) -> Any:
+        """The model's answer to `params`, within `timeout_s` (streamed, batched or one at a time)."""
         try:
             return await asyncio.wait_for(self._infer(request, params, request_id), self._timeout_s)
         except asyncio.TimeoutError:
@@ -226,10 +212,10 @@ class Pipeline:
             raise Timeout(f"the model did not answer within {self._timeout_s:g} s (the section's timeout_s)") from None
 
     async def _infer(self, request: Request, params: Any, request_id: str) -> Any:
-        if self._streams:  # the timeout covers the first item
+        if self.streams:  # the timeout covers the first item
             produced = await self._run(getattr(self.backend, "infer_stream"), params, request_id)  # noqa: B009
             stream = streaming.ItemStream(produced, self.calls.pool)
-            return await streaming.respond(stream, request.headers.get("accept", ""), request_id, self._headers)
+            return await streaming.respond(stream, request.headers.get("accept", ""), request_id, self.headers)
         if self._max_batch_size > 1:
             return await self._infer_in_batch(params, request_id)
         return await self._run(self.backend.infer, params, request_id)
@@ -302,17 +288,31 @@ class Pipeline:
                 methods=self.methods,
                 params=self._params_model,
                 result=getattr(self.backend, "Result", None),
-                streaming=self._streams,
+                streaming=self.streams,
                 keyed=bool(self._api_keys),
             )
             self._openapi[cached] = envelope.dumps(document)
         return self._openapi[cached]
 
     def _success(self, result: Any, request_id: str) -> Response:
-        body = envelope.dumps(envelope.success(result, self.backend.info, request_id))
-        return Response(body, media_type="application/json", headers=self._headers)
+        return envelope.success_response(result, self.backend.info, request_id, self.headers)
 
     def _error(self, exc: ModelServeError, request_id: str) -> Response:
-        body = envelope.dumps(envelope.failure(exc, request_id))
-        headers: Mapping[str, str] = {**self._headers, **exc.headers}
-        return Response(body, status_code=exc.status_code, media_type="application/json", headers=dict(headers))
+        return envelope.error_response(exc, request_id, self.headers)
+
+
+def where(request: Request, route: str) -> tuple[str, str]:
+    """The root path of the route a request reached, and the path under it (`""` for the model, `/ping`, ...)."""
+    path = request.scope["path"]
+    root = request.scope.get("root_path", "")
+    if not root and route and (path == route or path.startswith(route + "/")):
+        root = route  # reached directly for a moment while Ray moves the route from one section to another
+    sub = path[len(root) :] if root and path.startswith(root) else path
+    return root, sub.rstrip("/")
+
+
+def warmup_file(args: ReplicaArgs) -> Path | None:
+    """The section's warm-up file in its uploaded package, if it has one."""
+    if not args.warmup:
+        return None
+    return Path(importlib.import_module(f"algopkg.{args.package}").__path__[0]) / args.warmup

@@ -74,6 +74,8 @@ def replica_args(spec: SectionSpec, config: Config, model_digest: str) -> Replic
         rollout_keys={k: list(v) if isinstance(v, tuple) else v for k, v in rollout.items()},
         stored_files=tuple(asdict(f) for f in found.files) if found.remote else (),
         model_cache_gb=config.serve.model_cache_gb,
+        models=config.models_of(spec),
+        models_per_replica=spec.models_per_replica if spec.models else 0,
     )
 
 

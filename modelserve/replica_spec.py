@@ -30,6 +30,10 @@ class ReplicaArgs:
     stored_files: tuple[Mapping[str, Any], ...] = ()
     #: The node cache's size cap, GiB.
     model_cache_gb: float = 20.0
+    #: A multiplexed section's store of models (an absolute directory or s3://), one model per entry,
+    #: and how many one replica holds (multiplex.py); "" and 0 for a section of one model.
+    models: str = ""
+    models_per_replica: int = 0
     #: Every conf.ini key whose change rolls the replicas (keys.ROLL_OUT), by name: being part of
     #: the args makes Ray roll them exactly when the apply table says "roll out".
     rollout_keys: Mapping[str, Any] = field(default_factory=dict)

@@ -62,6 +62,22 @@ class SectionSpec:
         example="s3://models/vision",
         help="this section's own model_zoo (a directory or s3://bucket/prefix); empty: [MODEL SERVE]'s",
     )
+    models: str = conf_key(
+        "models",
+        keys.model_zoo,
+        default="",
+        change=ROLL_OUT,
+        example="Model_ZOO/adapters",
+        help="a directory or s3:// prefix of models of one kind, one per entry; a request names one (multiplexing)",
+    )
+    models_per_replica: int = conf_key(
+        "models_per_replica",
+        keys.whole(1, 1000),
+        default="8",
+        change=ROLL_OUT,
+        example="16",
+        help="where `models` is set: models one replica holds at most, least recently used unloaded first",
+    )
     replicas: keys.Replicas = conf_key(
         "replicas",
         keys.replicas,
@@ -292,6 +308,10 @@ class Config:
     @property
     def algopkg_dir(self) -> Path:
         return self.serve.root / "algopkg"
+
+    def models_of(self, spec: SectionSpec) -> str:
+        """A multiplexed section's `models` (`s3://bucket/prefix` or an absolute directory), else ""."""
+        return spec.models and (spec.models if "://" in spec.models else str((self.serve.root / spec.models).resolve()))
 
     def zoo_of(self, spec: SectionSpec) -> str:
         """Where a section's model files live: `s3://bucket/prefix`, or an absolute directory."""

@@ -162,6 +162,36 @@ def traffic_lines(details: Mapping[str, Any], mirrored: Mapping[tuple[str, str],
     return lines
 
 
+def multiplexed(details: Mapping[str, Any]) -> bool:
+    """Whether any section on the cluster serves many models (`models`)."""
+    for app in (details.get("applications") or {}).values():
+        config = (app.get("deployed_app_config") or {}).get("args") or {}
+        if config.get("models"):
+            return True
+    return False
+
+
+def held_lines(
+    details: Mapping[str, Any], held: Iterable[tuple[Mapping[str, str], float]], stage: str = ""
+) -> list[str]:
+    """Per replica of each multiplexed section, the models it holds (`modelserve_model_held` samples)."""
+    by_replica: dict[tuple[str, str], list[str]] = {}
+    for tags, value in held:
+        if value >= 1:
+            by_replica.setdefault((tags.get("section", ""), tags.get("replica", "")), []).append(tags.get("model", ""))
+    alive = replica_ids(details)
+    lines = []
+    for (section, replica), models in sorted(by_replica.items()):
+        if replica in alive or not alive:
+            lines.append(
+                f"{section} replica {replica.rsplit('#', 1)[-1]}: {len(models)} model(s): {', '.join(sorted(models))}"
+            )
+    if lines:
+        every = raycompat.METRICS_EXPORT_INTERVAL_S
+        lines.append(f"  (models held come from Ray's metrics, exported every {every} s: up to {every} s behind)")
+    return lines
+
+
 def app_healthy(app: Mapping[str, Any] | None) -> bool:
     return app is not None and app_row("", app, "").healthy
 

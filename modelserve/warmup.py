@@ -40,9 +40,10 @@ def read_warmup(path: Path) -> list[dict[str, Any]]:
     return requests
 
 
-def run_warmup(backend: Backend, path: Path) -> None:
+def run_warmup(backend: Backend, path: Path) -> tuple[Any, Any]:
     """Run each request one by one (through `Params` where the backend declares it), then all
-    of them as one batch where the backend batches.
+    of them as one batch where the backend batches. Returns the first request's params and result
+    (a sample of the model's inputs and outputs: the protocol's metadata, protocol.py).
 
     Raises:
         ModelLoadError: the file is unusable or a request failed; the replica must not take traffic.
@@ -60,13 +61,15 @@ def run_warmup(backend: Backend, path: Path) -> None:
         except BadRequest as exc:
             raise ModelLoadError(f"{path.name}: a warm-up request does not fit Params: {exc}") from None
     streams_only = has_stream_method(backend) and not has_infer_method(backend)
+    results = []
     for params in requests:
         try:
             if streams_only:
-                list(getattr(backend, "infer_stream")(params))  # noqa: B009 (not declared on Backend)
+                results.append(list(getattr(backend, "infer_stream")(params)))  # noqa: B009 (not declared on Backend)
             else:
-                backend.infer(params)
+                results.append(backend.infer(params))
         except Exception as exc:
             raise ModelLoadError(f"warm-up request {params!r} failed: {exc!r}") from exc
     if has_batch_method(backend):
         backend.infer_batch(requests)
+    return (requests[0], results[0]) if requests else (None, None)

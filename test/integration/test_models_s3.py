@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from helpers import (
     MEASURED,
     TestCluster,
@@ -173,3 +174,39 @@ def test_a_store_that_cannot_serve_the_model_is_named_and_nothing_changes(
         assert f"[algopkg.Echo] model = {model!r}: " in done.stderr and cause in done.stderr, done.stderr
         assert time.monotonic() - started < 30
     assert served(cluster) == before
+
+
+MANY = """
+[algopkg.Adapters]
+backend = Adapter
+models = s3://models/adapters
+route = adapters
+method = POST
+cpu_cost = 0.25
+"""
+
+
+def test_a_section_of_many_models_loads_each_from_the_store_once_per_node(
+    s3: S3Server, cluster: TestCluster, project: Path
+) -> None:
+    client = s3.client()
+    client.put_object(Bucket=BUCKET, Key="adapters/a1", Body=b"2\n")  # a model that is one file
+    client.put_object(Bucket=BUCKET, Key="adapters/a2/scale.txt", Body=b"3\n")  # one that is a folder
+    write_conf(project, cluster.serve(model_zoo=ZOO), section("echo@2", replicas=1), MANY)
+    code, out = controller_in_process("-c", str(project / "conf.ini"))
+    assert code == 0, out
+
+    def gets() -> int:
+        return sum(n for (method, path), n in s3.requests.items() if method == "GET" and "/adapters/" in path)
+
+    for _ in range(2):
+        for model, scale in (("a1", 2.0), ("a2", 3.0)):
+            answer = requests.post(
+                f"{cluster.base_url}/adapters",
+                json={"x": [1]},
+                headers={"serve_multiplexed_model_id": model},
+                timeout=60,
+            )
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["result"]["y"] == [scale]
+    assert gets() == 2  # each model's file once: the second round is answered from memory

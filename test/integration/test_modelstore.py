@@ -305,3 +305,16 @@ def test_eviction_keeps_the_cap_drops_the_least_recently_used_and_never_one_in_u
     assert cached() == {b"B", b"C", b"D"}
     assert sum(p.stat().st_size for p in (cache / "blobs").iterdir()) <= 300
     assert all(link.exists() for link in (cache / "views").rglob("*"))  # no view points at an evicted blob
+
+
+def test_a_store_of_many_models_lists_them_and_each_is_a_file_or_a_folder(bucket: str, tmp_path: Path) -> None:
+    """`models` (multiplexing): the names at the store's top, in S3 and in a directory alike."""
+    (tmp_path / "digits" / "1").mkdir(parents=True)
+    (tmp_path / "digits" / "1" / "a.bin").write_bytes(b"a1")
+    (tmp_path / "w.npz").write_bytes(b"w")
+    for store in (open_store(f"s3://{bucket}/zoo"), open_store(str(tmp_path))):
+        assert store.entries() == ["digits", "w.npz"]
+        assert [f.name for f in store.entry("w.npz")] == ["w.npz"]
+        assert "1/a.bin" in [f.name for f in store.entry("digits")]
+        with pytest.raises(ModelStoreError, match="no such model"):
+            store.entry("absent")
