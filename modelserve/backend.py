@@ -44,6 +44,10 @@ class Backend:
     Params: Any = None
     #: Optional pydantic model of the result, for the route's OpenAPI document.
     Result: Any = None
+    #: Optional tensors for the Open Inference Protocol (`modelserve.Tensor`): its metadata lists them,
+    #: and protocol requests are checked against the inputs.
+    inputs: Any = ()
+    outputs: Any = ()
 
     def load(self, model_paths: list[str]) -> None:
         """Load the model files (absolute paths, in conf.ini order). Raise if they can't be loaded."""
@@ -68,6 +72,9 @@ class Backend:
 
     def check_health(self) -> None:
         """Raise if the replica is no longer fit to serve; Ray Serve then replaces it."""
+
+    # A backend of a section with many models (`models`) may also define `unload(self)`: called when
+    # its model is unloaded to make room for another (least recently used first).
 
 
 def has_batch_method(backend: Backend) -> bool:
@@ -120,6 +127,7 @@ class _LegacyBackend(Backend):
             raise ModelLoadError(f"{self._cls.__name__} did not load its model:\n{detail}")
         self._instance = instance
         self.info = getattr(instance, "info_msg", Backend.info)
+        self.inputs, self.outputs = getattr(instance, "inputs", ()), getattr(instance, "outputs", ())
 
     def infer(self, params: dict[str, Any]) -> Any:
         return self._instance._model_inference(params)

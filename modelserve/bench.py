@@ -40,6 +40,38 @@ def json_payload(params: Any) -> Payload:
     return Payload(json.dumps(params).encode(), "application/json")
 
 
+def protocol_payload(params: Mapping[str, Any], datatypes: Mapping[str, str] | None = None) -> Payload:
+    """Params (a warm-up sample) as an Open Inference Protocol infer request, each value a JSON tensor
+    of the datatype the model's metadata gives it (`datatypes`), else of its own."""
+    from modelserve import tensors
+
+    inputs = []
+    for name, value in params.items():
+        array = tensors.as_tensor(value)
+        if (datatypes or {}).get(name) in tensors.DATATYPES:
+            array = array.astype(tensors.DATATYPES[(datatypes or {})[name]])
+        inputs.append(
+            {
+                "name": name,
+                "datatype": tensors.datatype_of(array),
+                "shape": list(array.shape),
+                "data": tensors.to_json(name, array),
+            }
+        )
+    return json_payload({"inputs": inputs})
+
+
+def declared_datatypes(infer_url: str, headers: Mapping[str, str]) -> dict[str, str]:
+    """`{input: datatype}` from the model's metadata (the infer URL without `/infer`); {} where it has none."""
+    import requests
+
+    try:
+        metadata = requests.get(infer_url.removesuffix("/infer"), headers=dict(headers), timeout=10).json()
+        return {t["name"]: t["datatype"] for t in metadata.get("inputs", [])}
+    except (requests.RequestException, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
 def _read(path: str, option: str) -> bytes:
     try:
         return Path(path).read_bytes()

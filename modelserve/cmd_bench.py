@@ -21,6 +21,9 @@ def register(sub: Subparsers) -> None:
     body.add_argument("--form", action="append", metavar="NAME=VALUE|NAME=@FILE", help="a multipart form field")
     body.add_argument("--body-file", help="send this file's bytes as the body, with --content-type")
     bench_cmd.add_argument("--content-type", default="application/octet-stream", help="of --body-file")
+    bench_cmd.add_argument(
+        "--protocol", action="store_true", help="load the Open Inference Protocol's infer path, params as tensors"
+    )
     bench_cmd.add_argument("-H", "--header", action="append", default=[], help="'Name: value', e.g. an API key")
     bench_cmd.add_argument("-C", "--concurrency", type=int, default=8, help="connections (default 8)")
     bench_cmd.add_argument("-d", "--duration", type=float, default=10.0, help="seconds, at most (default 10)")
@@ -36,7 +39,9 @@ def _bench_params(config: Config, args: argparse.Namespace) -> tuple[str, str, d
         raise UsageError(f"bench: no section serves route {route!r} (routes: {known}); name one, or give --url")
     host = "127.0.0.1" if config.serve.host in ("0.0.0.0", "::") else config.serve.host
     url = args.url or f"http://{host}:{config.serve.port}/{route}"
-    method = "POST" if spec is None or "POST" in spec.methods else "GET"
+    if args.protocol and not args.url:
+        url += f"/v2/models/{route}/infer"
+    method = "POST" if spec is None or "POST" in spec.methods or args.protocol else "GET"
     if args.form or args.body_file:
         params: dict[str, Any] = {}  # the body is the form or the file: see cmd_bench
     elif args.body:
@@ -61,6 +66,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         payload = bench.form_payload(args.form) if args.form else None
         if args.body_file:
             payload = bench.raw_payload(args.body_file, args.content_type)
+        elif args.protocol:
+            payload = bench.protocol_payload(params, bench.declared_datatypes(url, headers))
     except bench.BenchError as exc:
         raise UsageError(str(exc)) from None
     print(

@@ -163,6 +163,7 @@ class Models:
             del self.held[model_id]
             self.metrics.count("unloaded")
             self.metrics.holds(model_id, False)
+            pipeline.calls.pool.shutdown(wait=False)  # its model thread ends once its last call has
             unload = getattr(pipeline.backend, "unload", None)
             if callable(unload):
                 try:

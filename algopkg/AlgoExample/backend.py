@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from modelserve import Backend, BadRequest, File
+from modelserve import Backend, BadRequest, File, Tensor
 
 
 class algo_backend(Backend):
+    inputs = [Tensor("x", "FP32", (64,))]  # over the Open Inference Protocol: 64 pixel values
+
     def load(self, model_paths: list[str]) -> None:
         weights = np.load(model_paths[0])
         self.w1, self.b1 = weights["w1"], weights["b1"]

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from oip_schema import validate
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.integration
+README = (REPO / "README.md").read_text()
 
 KEY = "protocol-test-key-0123456789abcdef"
 SECTIONS = (
@@ -40,6 +42,15 @@ SECTIONS = (
     warmup = legacy_warmup.json
     """,
     """
+    [algopkg.AlgoExample]
+    backend = algo_backend
+    model = algoexample_model_v1.npz
+    route = extract
+    method = GET,POST
+    cpu_cost = 0.25
+    warmup = warmup.json
+    """,
+    """
     [algopkg.Tensors:guarded]
     backend = Scale
     route = guarded
@@ -53,11 +64,17 @@ SECTIONS = (
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory, cluster: TestCluster) -> str:
+def conf(tmp_path_factory: pytest.TempPathFactory, cluster: TestCluster) -> Path:
     project = make_project(tmp_path_factory.mktemp("protocol"))
     (project / "keys.txt").write_text(f"{KEY}\n")
-    code, out = controller_in_process("-c", str(write_conf(project, cluster.serve(), *SECTIONS)))
+    path = write_conf(project, cluster.serve(), *SECTIONS)
+    code, out = controller_in_process("-c", str(path))
     assert code == 0, out
+    return path
+
+
+@pytest.fixture(scope="module")
+def base(conf: Path, cluster: TestCluster) -> str:
     return cluster.base_url
 
 
@@ -209,3 +226,19 @@ def test_kserve_inference_rest_client_calls_a_section(base: str) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     answer = json.loads(out.stdout.strip().splitlines()[-1])
     assert answer == {"live": True, "ready": True, "y": [[2.0, 4.0, 6.0, 8.0]], "count": [[6]], "text": ["KS"]}
+
+
+def test_the_readme_example_runs(base: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's tritonclient example, against the example package, as written but for the address."""
+    code = README.split("## Standard clients: the Open Inference Protocol")[1].split("```python")[1].split("```")[0]
+    exec(compile(code.replace("127.0.0.1:8000", base.removeprefix("http://")), "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    native = requests.post(f"{base}/extract", json={"x": [0, 0, 5, 13, 9, 1, 0, 0] * 8}, timeout=30).json()["result"]
+    assert printed.startswith(f"{native['class']} [")
+
+
+def test_bench_loads_the_protocol_path_with_the_warmup_sample_as_tensors(conf: Path) -> None:
+    for route in ("tensors/legacy", "extract"):  # FP64 as the sample has it; FP32 as the model declares it
+        code, out = controller_in_process("bench", route, "--protocol", "-n", "40", "-C", "4", "-c", str(conf))
+        assert code == 0, out
+        assert f"/{route}/v2/models/{route}/infer" in out and "non-2xx 0" in out, out

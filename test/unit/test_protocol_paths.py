@@ -179,3 +179,13 @@ def test_status_lists_the_models_each_live_replica_holds() -> None:
     ]
     lines = status.held_lines(details, held)
     assert lines[0] == "algopkg.Adapters replica abc: 2 model(s): m1, m2" and len(lines) == 2
+
+
+def test_bench_sends_a_warmup_sample_as_protocol_tensors() -> None:
+    from modelserve import bench, oip
+
+    payload = bench.protocol_payload({"x": [[1.5, 2.0]], "name": "cat", "n": 3})
+    request = oip.parse_infer(payload.body, None)
+    assert request.inputs["x"].tolist() == [[1.5, 2.0]] and request.inputs["x"].dtype == np.float64
+    assert request.inputs["name"].tolist() == [b"cat"] or request.inputs["name"].item() == b"cat"
+    assert request.inputs["n"].item() == 3 and payload.content_type == "application/json"
