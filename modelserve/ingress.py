@@ -17,7 +17,7 @@ from ray.serve.exceptions import RayServeException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from modelserve import accesslog, raycompat
+from modelserve import accesslog, protocol, raycompat
 from modelserve.metrics import SectionMetrics
 from modelserve.multiplex import Models
 from modelserve.pipeline import Pipeline
@@ -97,7 +97,8 @@ class ModelReplica:
         if self._models is not None:
             return await self._models.handle(request)
         router, pipeline = self._router, self._pipeline
-        if router is None or pipeline.where(request)[1]:  # not split, or a probe
+        sub = pipeline.where(request)[1]
+        if router is None or (sub and not protocol.is_protocol(sub)):  # not split, or a probe
             return await pipeline.handle(request)
         target = router.pick(request)
         if target.section != self._section:

@@ -139,7 +139,9 @@ class Router:
                 skip_auto_headers=("Content-Type", "Accept-Encoding", "User-Agent"),  # the client's, as sent
             )
         query = request.scope.get("query_string", b"").decode("latin-1")
-        url = f"{self._forward}{target.path}{'?' + query if query else ''}"
+        path, route = request.scope["path"], f"/{self._route}"
+        under = path[len(route) :] if path.startswith(route + "/") else ""  # the protocol's paths (protocol.py)
+        url = f"{self._forward}{target.path}{under}{'?' + query if query else ''}"
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS]
         try:
             async with self._session.request(request.method, url, data=body, headers=headers) as reply:

@@ -51,6 +51,22 @@ SECTIONS = (
     warmup = warmup.json
     """,
     """
+    [algopkg.Tensors:blue]
+    backend = Scale
+    route = split
+    method = POST
+    cpu_cost = 0.25
+    traffic = 50
+    """,
+    """
+    [algopkg.Tensors:green]
+    backend = Scale
+    route = split
+    method = POST
+    cpu_cost = 0.25
+    traffic = 50
+    """,
+    """
     [algopkg.Tensors:guarded]
     backend = Scale
     route = guarded
@@ -242,3 +258,20 @@ def test_bench_loads_the_protocol_path_with_the_warmup_sample_as_tensors(conf: P
         code, out = controller_in_process("bench", route, "--protocol", "-n", "40", "-C", "4", "-c", str(conf))
         assert code == 0, out
         assert f"/{route}/v2/models/{route}/infer" in out and "non-2xx 0" in out, out
+
+
+def test_a_shared_routes_split_applies_to_protocol_calls(base: str) -> None:
+    session = requests.Session()
+    body = {
+        "inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]},
+            {"name": "n", "datatype": "INT64", "shape": [1, 1], "data": [1]},
+            {"name": "label", "datatype": "BYTES", "shape": [1], "data": ["s"]},
+        ]
+    }
+    answered = []
+    for _ in range(40):
+        answer = session.post(f"{base}/split/v2/models/split/infer", json=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+        answered.append(answer.headers["x-modelserve-section"])
+    assert set(answered) == {"algopkg.Tensors:blue", "algopkg.Tensors:green"}, answered
