@@ -14,7 +14,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from modelserve import plan, stages, status, traffic
 from modelserve.cluster import Cluster, ClusterError
 from modelserve.config import ConfigError
 from modelserve.envelope import REPLICA_HEADER
-from modelserve.fit import fit_problems
+from modelserve.fit import fit_problems, resolve_auto
 from modelserve.keys import ROLL_OUT
 from modelserve.packaging import read_requirements, staged_package, staged_runtime
 from modelserve.settings import Config
@@ -215,6 +215,8 @@ def apply(
     # only in the URIs Ray's upload made, file digests and requirement lines.
     keep = carried(before, stage)  # other stages' apps, as they run
     previous = {name: app for name, app in running_configs(before).items() if name not in keep}
+    if any(s.replicas.auto for s in config.sections):  # `replicas = auto`: counted on this cluster, now
+        config = replace(config, sections=tuple(resolve_auto(config.sections, cluster.resources(before))))
     desired = plan.deploy_config(config, artifacts, plan.route_owners(previous))
     changes = plan.diff(desired, previous)
     check_fit(config, cluster, before, changes)  # after the diff: a roll-out needs room for more

@@ -13,9 +13,9 @@ It counts what the apply makes Ray start (Ray's rules, with their sources: rayco
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from modelserve.keys import ROLL_OUT
+from modelserve.keys import ROLL_OUT, Replicas
 from modelserve.plan import max_surge_percent
 from modelserve.raycompat import surge_replicas
 from modelserve.settings import SectionSpec
@@ -238,3 +238,27 @@ def _start_problem(start: _Start, placed: int, best: Mapping[str, float], cluste
 
 def _costs(spec: SectionSpec) -> str:
     return "cpu_cost and gpu_cost" if spec.gpu_cost else "cpu_cost"
+
+
+def resolve_auto(specs: Sequence[SectionSpec], cluster: ClusterResources) -> list[SectionSpec]:
+    """`replicas = auto` as a number: one replica per CPU that its `cpu_cost` finds free on the node with
+    the most room (what the section's own replicas hold there counts as free, so a re-apply keeps the
+    count), at most one per CPU of that node, at least one. Sections count in order, each taking its room."""
+    taken: dict[str, float] = {}
+    resolved = []
+    for spec in specs:
+        if not spec.replicas.auto:
+            resolved.append(spec)
+            continue
+        held = cluster.apps.get(spec.app_name)
+        best, room, cpus = "", 0.0, 1
+        for node_id, node in cluster.nodes.items():
+            own = held.each.get("CPU", 0.0) * list(held.nodes).count(node_id) if held else 0.0
+            free = min(node.total.get("CPU", 0.0), node.free("CPU") + own - taken.get(node_id, 0.0))
+            if free > room:
+                best, room, cpus = node_id, free, max(1, int(node.total.get("CPU", 0.0)))
+        count = max(1, min(cpus, int(room // spec.cpu_cost) if spec.cpu_cost else cpus))
+        if best:
+            taken[best] = taken.get(best, 0.0) + count * spec.cpu_cost
+        resolved.append(replace(spec, replicas=Replicas(count, count, auto=True)))
+    return resolved

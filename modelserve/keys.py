@@ -109,20 +109,26 @@ def number(low: float, high: float) -> Callable[[str], float]:
 
 @dataclass(frozen=True)
 class Replicas:
-    """`replicas = 4` (fixed) or `replicas = 1-4` (Ray Serve's autoscaling; `0-4` scales to zero)."""
+    """`replicas = 4` (fixed), `replicas = 1-4` (Ray Serve's autoscaling; `0-4` scales to zero), or `auto`:
+    one per free CPU, counted at each apply (fit.resolve_auto); 1 until then."""
 
     min: int
     max: int
+    auto: bool = False
 
     @property
     def autoscaling(self) -> bool:
         return self.min != self.max
 
     def __str__(self) -> str:
+        if self.auto:
+            return "auto"
         return f"{self.min}-{self.max}" if self.autoscaling else str(self.max)
 
 
 def replicas(raw: str) -> Replicas:
+    if raw == "auto":
+        return Replicas(1, 1, auto=True)
     low, dash, high = raw.partition("-")
     try:
         bounds = (int(low), int(high)) if dash else (int(raw), int(raw))
@@ -130,7 +136,8 @@ def replicas(raw: str) -> Replicas:
         bounds = (-1, -1)
     if not (0 <= bounds[0] <= bounds[1] <= 1024 and bounds[1] >= 1 and (dash or bounds[0] >= 1)):
         raise Invalid(
-            "must be a whole number from 1 to 1024, or a range MIN-MAX such as 1-4 (autoscaling; 0-4 scales to zero)"
+            "must be a whole number from 1 to 1024, a range MIN-MAX such as 1-4 (autoscaling; 0-4 scales to zero), "
+            "or auto (one per free CPU)"
         )
     return Replicas(*bounds)
 

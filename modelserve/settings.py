@@ -84,7 +84,7 @@ class SectionSpec:
         default="1",
         change=IN_PLACE,
         example="4",
-        help="number of replicas, or MIN-MAX for autoscaling (0-4 scales to zero)",
+        help="number of replicas, MIN-MAX for autoscaling (0-4 scales to zero), or auto: one per free CPU",
     )
     target_ongoing_requests: float = conf_key(
         "target_ongoing_requests",

@@ -1,7 +1,7 @@
 """Many small models in one section (`models`, `models_per_replica`) on a real cluster: 50 models on 2 replicas x 8,
 each model correct over the native route and the protocol; a skewed workload that mostly hits a replica holding its
 model; LRU unloads; a model that does not load fails only its own requests; `status` lists the models each replica
-holds; the section's memory against one section per model."""
+holds; the section's memory against one section per model. (Also here, to share the cluster: `replicas = auto`.)"""
 
 from __future__ import annotations
 
@@ -34,6 +34,15 @@ SECTIONS = (
     cpu_cost = 0.25
     route = adapters
     method = POST
+    """,
+    """
+    [algopkg.Echo]
+    backend = Echo
+    model = echo_model.txt
+    route = echo
+    method = POST
+    cpu_cost = 0.5
+    replicas = auto
     """,
     """
     [algopkg.Adapters:one]
@@ -108,17 +117,17 @@ def test_a_skewed_workload_hits_a_replica_that_holds_its_model(project: Path, cl
     def run(others: list[str], n: int) -> float:
         plan = [rng.choice(hot) if rng.random() < 0.8 else rng.choice(others) for _ in range(n)]
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(one, plan[:100]))  # the first loads
+            list(pool.map(one, plan[:300]))  # the first loads, while Ray's routers learn who holds what
             outcomes.clear()
-            list(pool.map(one, plan[100:]))
+            list(pool.map(one, plan[300:]))
         hits = outcomes["hit"] / (outcomes["hit"] + outcomes["loaded"])
         MEASURED.append(f"multiplexing, 80% to 5 models, 20% to {len(others)}: {dict(outcomes)}: {hits:.1%} hits")
         return hits
 
-    assert run(warm, 800) >= 0.9, outcomes
+    assert run(warm, 1000) >= 0.9, outcomes
     # 20% over the other 35: 16 places hold the 5 and 11 of the 35, so about 2 in 3 of those requests must load
     # whatever the routing: at most about 85% hits. Measured and reported; held to what it can reach.
-    assert run(cold, 800) >= 0.75, outcomes
+    assert run(cold, 1000) >= 0.75, outcomes
 
 
 def test_a_replica_holds_at_most_models_per_replica_and_status_lists_them(project: Path, cluster: TestCluster) -> None:
@@ -164,3 +173,17 @@ def test_the_section_uses_less_memory_than_one_section_per_model(project: Path, 
         f"model: {one / 2**20:.0f} MiB each, x 50 = {50 * one / 2**20:.0f} MiB"
     )
     assert section < 50 * one / 10
+
+
+def test_replicas_auto_starts_one_per_free_cpu_and_a_reapply_keeps_them(project: Path, cluster: TestCluster) -> None:
+    """2 CPUs, 0.75 held by the other sections: 1.25 free fits two replicas of 0.5 (one per CPU at most)."""
+
+    def echo_replicas() -> int:
+        details = Cluster(cluster.dashboard_url).details()["applications"]["Echo"]["deployments"]
+        return sum(1 for d in details.values() for r in d["replicas"] if r["state"] == "RUNNING")
+
+    assert echo_replicas() == 2
+    code, out = controller_in_process("-c", str(project / "conf.ini"))
+    assert code == 0, out
+    assert "Echo" not in out.split("SECTION")[0] or "unchanged" in out  # nothing to change
+    assert echo_replicas() == 2

@@ -189,8 +189,8 @@ def test_a_misspelled_key_gets_a_suggestion(project: Path) -> None:
 def test_a_fix_says_what_to_write(project: Path) -> None:
     found = problems(project, EXAMPLE + "replicas = lots\n")
     assert found == [
-        "[algopkg.AlgoExample] replicas = 'lots': must be a whole number from 1 to 1024, or a range MIN-MAX such "
-        "as 1-4 (autoscaling; 0-4 scales to zero) (fix: e.g. `replicas = 4`)"
+        "[algopkg.AlgoExample] replicas = 'lots': must be a whole number from 1 to 1024, a range MIN-MAX such "
+        "as 1-4 (autoscaling; 0-4 scales to zero), or auto (one per free CPU) (fix: e.g. `replicas = 4`)"
     ]
 
 

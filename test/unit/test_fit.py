@@ -146,3 +146,26 @@ def test_an_update_in_place_or_an_unchanged_section_needs_nothing_more() -> None
     full = cluster((2.0, 2.0), A=Held({"CPU": 1.0}, ["n0", "n0"]))
     for action in (IN_PLACE, "unchanged"):
         assert fit_problems([spec(replicas=2, cpu_cost=1.0)], full, {"A": action}) == []
+
+
+def test_replicas_auto_is_one_per_cpu_its_cost_finds_free_and_keeps_its_count_on_a_reapply() -> None:
+    from dataclasses import replace
+
+    from modelserve.fit import resolve_auto
+    from modelserve.keys import replicas
+
+    auto = replicas("auto")
+    assert auto.auto and str(auto) == "auto" and auto.max == 1  # 1 until an apply counts it
+    two_cpus = ClusterResources({"n1": Node({"CPU": 2.0}), "n2": Node({"CPU": 1.0})})
+    whole = SectionSpec("algopkg.A", "A", backend="B", route="a", replicas=auto, cpu_cost=1.0)
+    quarter = replace(whole, section="algopkg.A:q", route="q", cpu_cost=0.25)
+    fixed = replace(whole, section="algopkg.A:f", route="f", replicas=Replicas(2, 2))
+    assert [s.replicas.max for s in resolve_auto([whole], two_cpus)] == [2]  # the node with most room
+    assert [s.replicas.max for s in resolve_auto([quarter], two_cpus)] == [2]  # at most one per CPU
+    assert [s.replicas.max for s in resolve_auto([fixed, whole, quarter], two_cpus)] == [2, 2, 1]
+    busy = ClusterResources(
+        {"n1": Node({"CPU": 2.0}, {"CPU": 2.0})}, {whole.app_name: Held({"CPU": 1.0}, ["n1", "n1"])}
+    )
+    assert resolve_auto([whole], busy)[0].replicas.max == 2  # its own replicas' room counts as free
+    full = ClusterResources({"n1": Node({"CPU": 2.0}, {"CPU": 2.0})})
+    assert resolve_auto([whole], full)[0].replicas.max == 1  # at least one: the fit check says what is short
