@@ -76,7 +76,7 @@ class Pipeline:
         self._own_batch = has_batch_method(backend)
         self._has_infer = has_infer_method(backend)
         self.streams = has_stream_method(backend)
-        self._params_model = getattr(backend, "Params", None)
+        self.params_model = getattr(backend, "Params", None)
         self._warmup = warmup
         self._timeout_s = 60.0
         self._api_keys: tuple[str, ...] = ()
@@ -198,8 +198,8 @@ class Pipeline:
     async def _route(self, request: Request, request_id: str) -> Any:
         content_type = request.headers.get("content-type", "")
         params: Any = inputs.parse_params(await self.read_body(request), request.query_params, content_type)
-        if self._params_model is not None:
-            params = inputs.validate(self._params_model, params)
+        if self.params_model is not None:
+            params = inputs.validate(self.params_model, params)
         return await self.call_model(request, params, request_id)
 
     async def call_model(self, request: Request, params: Any, request_id: str) -> Any:
@@ -286,7 +286,7 @@ class Pipeline:
                 section=self.section,
                 route=root.strip("/"),
                 methods=self.methods,
-                params=self._params_model,
+                params=self.params_model,
                 result=getattr(self.backend, "Result", None),
                 streaming=self.streams,
                 keyed=bool(self._api_keys),

@@ -16,10 +16,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelserve import envelope, oip
+from modelserve import envelope, inputs, oip
 from modelserve.errors import ModelServeError
 from modelserve.oip import ProtocolError, TensorSpec
 
@@ -150,10 +151,22 @@ async def _answer(pipeline: Pipeline, request: Request, call: Call, request_id: 
     infer = oip.parse_infer(body, request.headers.get("inference-header-content-length"))
     if tensors.declared_inputs:
         oip.check_inputs(infer.inputs, tensors.declared_inputs)
-    result = await pipeline.call_model(request, dict(infer.inputs), request_id)
+    params: Any = dict(infer.inputs)
+    if pipeline.params_model is not None:  # typed params: the tensors as plain values, validated
+        params = inputs.validate(pipeline.params_model, {name: _plain(value) for name, value in params.items()})
+    result = await pipeline.call_model(request, params, request_id)
+    if hasattr(result, "model_dump"):  # a typed Result
+        result = result.model_dump(mode="json", by_alias=True)
     outputs = oip.outputs_of(result, tensors.declared_outputs)
     content, headers = oip.encode_infer(name, version, infer, outputs)
     return Response(content, headers={**pipeline.headers, **headers})
+
+
+def _plain(array: Any) -> Any:
+    """A tensor as nested lists (a scalar as itself), BYTES as text: what a `Params` model validates."""
+    if array.dtype == object:
+        return np.vectorize(lambda item: item.decode("utf-8", "replace"), otypes=[object])(array).tolist()
+    return array.tolist()
 
 
 def json_response(document: dict[str, Any], headers: Mapping[str, str]) -> Response:

@@ -189,3 +189,18 @@ def test_bench_sends_a_warmup_sample_as_protocol_tensors() -> None:
     assert request.inputs["x"].tolist() == [[1.5, 2.0]] and request.inputs["x"].dtype == np.float64
     assert request.inputs["name"].tolist() == [b"cat"] or request.inputs["name"].item() == b"cat"
     assert request.inputs["n"].item() == 3 and payload.content_type == "application/json"
+
+
+def test_typed_params_and_results_travel_as_tensors(tmp_path: Path) -> None:
+    root = make_project(tmp_path)
+    typed = "[algopkg.Inputs:typed]\nbackend = Typed\nroute = typed\nmethod = POST\nwarmup = typed_warmup.json\n"
+    write_conf(root, {"port": 8000}, typed)
+    text = {"name": "text", "datatype": "BYTES", "shape": [], "data": ["ab"]}
+    with load_section("typed", root / "conf.ini") as route:
+        times = {"name": "times", "datatype": "INT64", "shape": [], "data": [3]}
+        answer = route.post(path="/v2/models/typed/infer", json={"inputs": [text, times]})
+        assert answer.status == 200, answer.body
+        assert {o["name"]: o["data"] for o in answer.json()["outputs"]}["text"] == ["ababab"]
+        wrong = {"name": "times", "datatype": "BYTES", "shape": [], "data": ["many"]}
+        refused = route.post(path="/v2/models/typed/infer", json={"inputs": [text, wrong]})
+    assert refused.status == 400 and "times" in refused.json()["error"]
