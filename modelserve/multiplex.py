@@ -163,7 +163,8 @@ class Models:
             del self.held[model_id]
             self.metrics.count("unloaded")
             self.metrics.holds(model_id, False)
-            pipeline.calls.pool.shutdown(wait=False)  # its model thread ends once its last call has
+            if not pipeline.active:  # else a request in it still calls the model: the thread ends with the pipeline
+                pipeline.calls.pool.shutdown(wait=False)
             unload = getattr(pipeline.backend, "unload", None)
             if callable(unload):
                 try:
