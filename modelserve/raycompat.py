@@ -31,6 +31,9 @@ METRICS_REPORT_INTERVAL_MS = "RAY_metrics_report_interval_ms"
 ENABLE_HA_PROXY = "RAY_SERVE_ENABLE_HA_PROXY"
 HAPROXY_STATS_PORT = "RAY_SERVE_HAPROXY_STATS_PORT"
 HAPROXY_METRICS_PORT = "RAY_SERVE_HAPROXY_METRICS_PORT"
+# HAProxy logs every request to a socket that the node's HAProxyManager parses into Ray's ingress metrics
+# (serve_num_http_requests, serve_http_request_latency_ms): about 90 us of CPU per request (bench/RESULTS.md).
+HAPROXY_METRICS_ENABLED = "RAY_SERVE_HAPROXY_METRICS_ENABLED"
 WORKER_PROXY_HTTP_PORT = "RAY_SERVE_WORKER_PROXY_HTTP_PORT"
 RUN_USER_CODE_IN_SEPARATE_THREAD = "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"
 LOG_TO_STDERR = "RAY_SERVE_LOG_TO_STDERR"
@@ -58,6 +61,7 @@ SERVE_FLAGS: tuple[str, ...] = (
     ENABLE_HA_PROXY,
     HAPROXY_STATS_PORT,
     HAPROXY_METRICS_PORT,
+    HAPROXY_METRICS_ENABLED,
     WORKER_PROXY_HTTP_PORT,
     RUN_USER_CODE_IN_SEPARATE_THREAD,
     LOG_TO_STDERR,
@@ -103,8 +107,10 @@ def direct_handle(handle: Any) -> Any:
 
 
 def fast_ingress_env(stats_port: int, metrics_port: int, direct_port_base: int) -> dict[str, str]:
-    """HAProxy ingress on; its listeners and the replicas' direct-ingress ports chosen per node."""
+    """HAProxy ingress on; its listeners and the replicas' direct-ingress ports chosen per node; Ray's
+    per-request ingress metrics off (modelserve's replicas count every request: metrics.py)."""
     env = {ENABLE_HA_PROXY: "1", HAPROXY_STATS_PORT: str(stats_port), HAPROXY_METRICS_PORT: str(metrics_port)}
+    env[HAPROXY_METRICS_ENABLED] = "0"
     for kind, offset in (("HTTP", 0), ("GRPC", 20000)):
         env[_direct_ingress_port("MIN", kind)] = str(direct_port_base + offset)
         env[_direct_ingress_port("MAX", kind)] = str(direct_port_base + offset + 99)
