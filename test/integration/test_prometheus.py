@@ -41,6 +41,17 @@ batch_wait_ms = 20
 max_body_kb = 1
 api_keys = keys.txt
 """
+#: A section of many models, for the dashboard's model panels.
+MANY = "algopkg.Adapters"
+ADAPTERS = """
+[algopkg.Adapters]
+backend = Adapter
+models = adapters
+models_per_replica = 2
+route = adapters
+method = POST
+cpu_cost = 0.25
+"""
 
 
 def needs(binary: str) -> str:
@@ -58,9 +69,10 @@ def dashboard_exprs() -> list[str]:
         panel = panels.pop(0)
         panels.extend(panel.get("panels", []))
         exprs.extend(t["expr"] for t in panel.get("targets", []) if "expr" in t)
-    values = {"$section": SECTION, "$__rate_interval": "1m", "$__interval": "2s"}
+    values = {"$__rate_interval": "1m", "$__interval": "2s"}
     for name, value in values.items():
         exprs = [e.replace(name, value) for e in exprs]
+    exprs = [e.replace("$section", MANY if "ray_modelserve_model_" in e else SECTION) for e in exprs]
     assert exprs and not [e for e in exprs if "$" in e], exprs
     return exprs
 
@@ -79,7 +91,10 @@ def test_promtool_accepts_the_docker_profile_s_config() -> None:
 def deployed(tmp_path_factory: pytest.TempPathFactory, cluster: TestCluster) -> Path:
     project = make_project(tmp_path_factory.mktemp("prometheus"))
     (project / "keys.txt").write_text(f"{KEY}\n")
-    conf = write_conf(project, cluster.serve(), BATCHER)
+    (project / "adapters").mkdir()
+    for i in range(3):
+        (project / "adapters" / f"a{i}").write_text(f"{i + 1}\n")
+    conf = write_conf(project, cluster.serve(), BATCHER, ADAPTERS)
     code, out = controller_in_process("-c", str(conf))
     assert code == 0, out
     return conf
@@ -144,8 +159,8 @@ class Traffic:
     """Bounded background traffic to the section: batches of 4, model errors (500), requests
     without a key (401) and bodies over max_body_kb (413), until stopped."""
 
-    def __init__(self, url: str, limit_s: float) -> None:
-        self.url, self.deadline = url, time.monotonic() + limit_s
+    def __init__(self, url: str, limit_s: float, many_url: str = "") -> None:
+        self.url, self.many_url, self.deadline = url, many_url, time.monotonic() + limit_s
         self.codes: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -162,6 +177,10 @@ class Traffic:
                 self._post({"fail": True})
                 self._post({"i": 0}, key="")
                 self._post({"pad": "x" * 2048})
+                if self.many_url:  # three models through two places: loads, hits and unloads
+                    for model in ("a0", "a1", "a0", "a2"):
+                        headers = {"serve_multiplexed_model_id": model}
+                        requests.post(self.many_url, json={"x": [1]}, headers=headers, timeout=30)
                 self._stop.wait(0.3)
 
     def __enter__(self) -> Traffic:
@@ -179,7 +198,7 @@ def test_every_dashboard_query_returns_data_after_traffic(
     exprs = dashboard_exprs()
     started = time.monotonic()
     answers: dict[str, list[dict[str, Any]]] = {}
-    with Traffic(f"{cluster.base_url}/batch", limit_s=90) as traffic:
+    with Traffic(f"{cluster.base_url}/batch", limit_s=90, many_url=f"{cluster.base_url}/adapters") as traffic:
 
         def all_answered() -> bool:
             answers.update({expr: query(prometheus, expr) for expr in exprs})
