@@ -31,7 +31,7 @@ import requests
 from fixedrate import FixedLoad, run_fixed
 from procs import ROOT, free_port, late_port, session_members
 from servers import ServerError, applied, fastapi_async
-from stages import STAGES, by_stage, pyspy, us_per_request
+from stages import NATIVE, STAGES, by_thread, pyspy, thread_names, us_per_request
 from workload import sample
 
 RATE = 500.0  # requests/s: well within what every server here sustains on 2 cores
@@ -85,15 +85,16 @@ def thread_times(pid: int) -> dict[int, tuple[str, float]]:
     return out
 
 
-def thread_rows(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], spy: Path | None):
+def thread_cpu(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[int, float]:
+    """CPU seconds each thread used between two `thread_times`."""
+    return {tid: cpu - before.get(tid, ("", 0.0))[1] for tid, (_, cpu) in after.items()}
+
+
+def thread_rows(after: dict[int, tuple[str, float]], cpu_s: dict[int, float], spy: Path | None) -> list[Any]:
     """(thread, CPU seconds) of the threads that used any, busiest first; py-spy's names where it saw them."""
-    names = {}
-    if spy is not None and spy.exists():
-        for line in spy.read_text().splitlines():
-            if m := re.match(r"thread \((\d+)\): ([^;]+)", line):
-                names[int(m.group(1))] = m.group(2)
-    used = [(names.get(tid, name), cpu - before.get(tid, ("", 0.0))[1]) for tid, (name, cpu) in after.items()]
-    return sorted([(name, cpu) for name, cpu in used if cpu > 0], key=lambda nc: -nc[1])
+    names = thread_names(spy) if spy is not None and spy.exists() else {}
+    used = [(names.get(tid, after[tid][0]), cpu) for tid, cpu in cpu_s.items() if cpu > 0]
+    return sorted(used, key=lambda nc: -nc[1])
 
 
 def short_name(cmdline: str) -> str:
@@ -180,7 +181,7 @@ def _profile(pid: int, seconds: float, out: Path, loaded: threading.Event, into:
     if spy.returncode != 0:
         into["error"] = f"py-spy failed ({spy.returncode}): {err.decode(errors='replace')[-800:]}"
     else:
-        into["counts"] = by_stage(out)
+        into["counts"] = by_thread(out)
 
 
 def measure(
@@ -211,9 +212,10 @@ def measure(
     groups = cpu_groups(before, after, group_of)
     groups["wrk (the client)"] = {"cpu_s": load.wrk_cpu_s, "idle_cpu_s": 0.0, "pids": [], "top": []}
     result = {"label": label, "wall_s": wall, **load.__dict__, "groups": groups}
-    result["threads"] = thread_rows(threads_before, threads_after, spy_out)
+    per_thread = thread_cpu(threads_before, threads_after)
+    result["threads"] = thread_rows(threads_after, per_thread, spy_out)
     if "counts" in spied:
-        result["stages"] = us_per_request(spied["counts"], SPY_HZ, load.rate * spy_seconds)
+        result["stages"] = us_per_request(spied["counts"], per_thread, load.requests)
     elif spy_out is not None:
         result["stages_error"] = spied.get("error", f"no replica process of {label} found to profile")
     progress(f"{label}: {load.rate:,.0f} requests/s, p50 {load.p50_ms:.2f} ms, {load.errors} errors")
@@ -342,13 +344,13 @@ def stage_table(data: dict[str, Any]) -> list[str]:
     if not paths:
         return []
     lines = ["| stage | " + " | ".join(r["label"] for r in paths) + " |", "|---" * (len(paths) + 1) + "|"]
-    for stage in STAGES:
+    for stage in (*STAGES, NATIVE):
         if any(r["stages"].get(stage) for r in paths):
             lines.append(f"| {stage} | " + " | ".join(f"{r['stages'].get(stage, 0):.1f}" for r in paths) + " |")
-    sampled = " | ".join(f"{sum(r['stages'].values()):.0f}" for r in paths)
+    summed = " | ".join(f"{sum(r['stages'].values()):.0f}" for r in paths)
     replica = " | ".join(f"{1e6 * r['groups']['the replica']['cpu_s'] / r['requests']:.0f}" for r in paths)
-    lines.append(f"| **all busy Python samples** | {sampled} |")
-    lines.append(f"| the replica's CPU (psutil), for comparison | {replica} |")
+    lines.append(f"| **all stages** | {summed} |")
+    lines.append(f"| the replica's CPU (psutil, its process) | {replica} |")
     for result in paths:
         threads = ", ".join(f"{name} {1e6 * cpu / result['requests']:.0f}" for name, cpu in result["threads"][:6])
         lines.append(f"\nThe replica's threads (psutil, µs/request), {result['label']}: {threads}")
@@ -373,10 +375,10 @@ def render(data: dict[str, Any]) -> str:
     if stages := stage_table(data):
         parts += [
             "",
-            f"The replica's request path by stage (µs/request of busy thread time; py-spy at {SPY_HZ} Hz during "
-            "the load, each sample in the stage of its leaf-most frame that names one: bench/stages.py). py-spy "
-            "sees threads with Python frames only (not Ray's C++ threads) and counts a runnable thread as busy, "
-            "so the sum differs from the replica's CPU:",
+            f"The replica's request path by stage, µs of CPU per request: py-spy samples it at {SPY_HZ} Hz during "
+            "the load, each sample counts in the stage of its leaf-most frame that names one (bench/stages.py), "
+            "and each thread's CPU (psutil) is shared out over its stages in proportion to its samples (py-spy "
+            "counts a thread waiting for the GIL as busy). Threads it cannot see (C++) are a row of their own:",
             "",
             *stages,
         ]

@@ -1,8 +1,10 @@
 """A replica's request path by stage, from py-spy's raw stacks: each busy sample goes to the stage of the
-leaf-most frame that names one, so json under the envelope counts as envelope and under the parser as parsing."""
+leaf-most frame that names one, so json under the envelope counts as envelope and under the parser as parsing;
+each thread's CPU (psutil) is then shared out over its stages in proportion to its samples."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -56,6 +58,7 @@ RULES: tuple[tuple[str, tuple[str, ...], tuple[str, ...] | None], ...] = (
 )
 OTHER = "other (GC, imports, unrecognised frames)"
 STAGES = tuple(dict.fromkeys([name for name, _, _ in RULES] + [OTHER]))
+NATIVE = "threads without Python frames (Ray's C++ core worker, gRPC)"
 
 
 def _matches(frame: str, files: tuple[str, ...], functions: tuple[str, ...] | None) -> bool:
@@ -73,19 +76,40 @@ def stage_of(stack: str) -> str:
     return OTHER
 
 
-def by_stage(raw: Path) -> Counter[str]:
-    """Busy samples by stage, from py-spy's raw (collapsed) output: `stack count` per line."""
-    counts: Counter[str] = Counter()
+def by_thread(raw: Path) -> dict[int, Counter[str]]:
+    """Busy samples by native thread id and stage, from py-spy's raw output (`thread (tid): name;...;leaf count`)."""
+    counts: dict[int, Counter[str]] = {}
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if stack and count.isdigit():
-            counts[stage_of(stack)] += int(count)
+            tid = int(m.group(1)) if (m := re.match(r"thread \((\d+)\)", stack)) else 0
+            counts.setdefault(tid, Counter())[stage_of(stack)] += int(count)
     return counts
 
 
-def us_per_request(counts: Counter[str], rate_hz: float, requests: float) -> dict[str, float]:
-    """Microseconds of busy Python thread time per request, by stage (each sample stands for 1/rate_hz s)."""
-    return {stage: counts[stage] / rate_hz / requests * 1e6 for stage in STAGES if counts[stage]}
+def thread_names(raw: Path) -> dict[int, str]:
+    """py-spy's name of each thread it sampled (Python's names: `model`, `AsyncIO Thread: default`, ...)."""
+    names = {}
+    for line in raw.read_text().splitlines():
+        if m := re.match(r"thread \((\d+)\): ([^;]+)", line):
+            names[int(m.group(1))] = m.group(2)
+    return names
+
+
+def us_per_request(counts: dict[int, Counter[str]], cpu_s: dict[int, float], requests: float) -> dict[str, float]:
+    """Microseconds of CPU per request by stage: each thread's CPU (psutil, `cpu_s` by thread id) shared out
+    in proportion to its busy samples, since py-spy counts a thread that waits for the GIL as busy. Threads
+    py-spy did not sample (Ray's C++ threads) count under NATIVE."""
+    us: Counter[str] = Counter()
+    for tid, cpu in cpu_s.items():
+        samples = counts.get(tid)
+        if not samples:
+            us[NATIVE] += cpu / requests * 1e6
+            continue
+        total = sum(samples.values())
+        for stage, n in samples.items():
+            us[stage] += cpu * n / total / requests * 1e6
+    return {stage: us[stage] for stage in (*STAGES, NATIVE) if us[stage]}
 
 
 def pyspy(pid: int, seconds: float, out: Path, *extra: str, rate_hz: int = RATE_HZ) -> subprocess.Popen[bytes]:

@@ -58,14 +58,22 @@ def test_uvloop_running_natively_is_the_event_loop_and_an_unknown_stack_is_other
     assert stages.stage_of("thread (2): x;<module> (something.py:1)") == stages.OTHER
 
 
-def test_samples_become_microseconds_per_request(tmp_path: Path) -> None:
+def test_each_thread_s_cpu_is_shared_out_over_its_stages_by_its_samples(tmp_path: Path) -> None:
     raw = tmp_path / "raw.txt"
     envelope = f"{REPLICA};success_response (modelserve/envelope.py:108)"
-    raw.write_text(f"{envelope} 30\n{REPLICA};parse_params (modelserve/inputs.py:80) 10\n{envelope} 10\n")
-    counts = stages.by_stage(raw)
-    assert sum(counts.values()) == 50
-    us = stages.us_per_request(counts, rate_hz=100, requests=1000)  # 40 samples = 0.4 s over 1,000 requests
-    assert us == {"envelope (answer JSON, Response)": pytest.approx(400), "parsing (JSON params)": pytest.approx(100)}
+    model = "thread (7): model;_work (modelserve/modelcalls.py:87)"
+    raw.write_text(f"{envelope} 30\n{REPLICA};parse_params (modelserve/inputs.py:80) 10\n{envelope} 10\n{model} 90\n")
+    counts = stages.by_thread(raw)
+    assert sum(counts[1].values()) == 50 and sum(counts[7].values()) == 90
+    assert stages.thread_names(raw) == {1: "AsyncIO Thread: default", 7: "model"}
+    # 0.5 s on the loop thread, 0.05 s on the model thread (90 "busy" samples waiting for the GIL), 0.1 s native
+    us = stages.us_per_request(counts, {1: 0.5, 7: 0.05, 9: 0.1}, requests=1000)
+    assert us == {
+        "envelope (answer JSON, Response)": pytest.approx(400),
+        "parsing (JSON params)": pytest.approx(100),
+        "model call hand-off (model thread, futures)": pytest.approx(50),
+        stages.NATIVE: pytest.approx(100),
+    }
 
 
 def test_each_cluster_process_is_put_in_its_part_of_the_path() -> None:
