@@ -115,7 +115,7 @@ def short_name(cmdline: str) -> str:
 
 def modelserve_group(package: str) -> Callable[[str], str]:
     """Which part of the path a cluster process is, with `package`'s replica as `the replica`."""
-    replica = re.compile(rf"ServeReplica:\S*:{re.escape(package)}(\s|$)")
+    replica = re.compile(rf"ServeReplica:\S*:{re.escape(package)}(\.\w+)?(\s|$)")  # `.method` while in a call
 
     def group(cmdline: str) -> str:
         first = os.path.basename(cmdline.split(" ", 1)[0])
@@ -248,6 +248,9 @@ def measure_modelserve(checkout: Path, work: Path, args: Settings) -> list[dict[
             spy_out = args.out / f"pyspy-accounting-{package}.txt" if args.profile else None
             url = f"http://127.0.0.1:{port}/{route}"
             results.append(measure(label, url, sids, modelserve_group(package), args, spy_out))
+            if "the replica" not in results[-1]["groups"]:
+                found = sorted({short_name(cmd) for cmd, _ in snapshot(sids).values()})
+                raise ServerError(f"no process titled ServeReplica:...:{package} in the cluster; found {found}")
         # Ray's background processes are busier for a while after a deploy: the lower of two idle rates counts.
         after = idle_rates(sids, IDLE_SECONDS)
     idle = {pid: min(rate, after.get(pid, rate)) for pid, rate in idle.items()}

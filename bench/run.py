@@ -11,7 +11,6 @@ import argparse
 import datetime
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -96,8 +95,8 @@ def account(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     settings = accounting.Settings(seconds=4.0 if args.quick else accounting.SECONDS, out=args.out)
     try:
         return accounting.run(ROOT, work, settings)
-    except (ServerError, RuntimeError, ValueError, requests.RequestException, subprocess.SubprocessError) as exc:
-        progress(f"accounting: FAILED: {exc}")
+    except Exception as exc:  # the rows' results are kept whatever goes wrong here
+        progress(f"accounting: FAILED: {type(exc).__name__}: {exc}")
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 

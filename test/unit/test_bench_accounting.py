@@ -81,6 +81,7 @@ def test_each_cluster_process_is_put_in_its_part_of_the_path() -> None:
     assert group("/usr/sbin/haproxy -db -f /tmp/ray/haproxy.cfg") == "HAProxy"
     assert group("ray::HAProxyManager") == "HAProxyManager"
     assert group("ray::ServeReplica:NoopLegacy:NoopLegacy") == "the replica"
+    assert group("ray::ServeReplica:NoopLegacy:NoopLegacy.check_health") == "the replica"
     for other in ("ray::ServeReplica:NoopBatched:NoopBatched", "ray::ServeReplica:NoopLegacyX:NoopLegacyX"):
         assert group(other) == "Ray's background processes"
     assert group("/venv/lib/ray/core/src/ray/gcs/gcs_server --log_dir=/tmp") == "Ray's background processes"
