@@ -184,7 +184,11 @@ def _profile(pid: int, seconds: float, out: Path, loaded: threading.Event, into:
     """py-spy on `pid` while the load runs (it starts a second in): busy samples by stage, or why not."""
     loaded.wait(timeout=30)
     time.sleep(1.0)
-    spy = pyspy(pid, seconds, out, rate_hz=SPY_HZ)
+    try:
+        spy = pyspy(pid, seconds, out, rate_hz=SPY_HZ)
+    except OSError as exc:
+        into["error"] = f"py-spy did not start ({exc}); it comes with the bench extras: pip install -e '.[bench]'"
+        return
     _, err = spy.communicate(timeout=seconds + 60)
     if spy.returncode != 0:
         into["error"] = f"py-spy failed ({spy.returncode}): {err.decode(errors='replace')[-800:]}"
