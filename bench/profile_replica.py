@@ -10,8 +10,6 @@ samples holding the GIL. Prints each Python thread's busy share and the busy sam
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -22,10 +20,10 @@ import psutil
 from loadgen import run_wrk
 from run import check
 from servers import SERVERS
+from stages import RATE_HZ, pyspy
 from workload import reference, sample
 
 PACKAGES = {"legacy": "ServeReplica:BenchMLPLegacy", "modelserve": "ServeReplica:BenchMLP:"}
-RATE_HZ = 100
 #: (bucket, substrings of a frame's file) in the order a sample's frames are tried, leaf first.
 BUCKETS = (
     ("model forward (mlp.py)", ("mlp.py",)),
@@ -66,13 +64,6 @@ def replica_pid(marker: str) -> int:
         if marker in " ".join(proc.info["cmdline"] or []):
             return proc.pid
     raise SystemExit(f"no process with {marker!r} in its command line")
-
-
-def pyspy(pid: int, seconds: float, out: Path, *extra: str) -> subprocess.Popen[bytes]:
-    cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-d", str(int(seconds))]
-    cmd += ["-r", str(RATE_HZ), "--threads", "--nonblocking", "--format", "raw", "-o", str(out), *extra]
-    print("$", " ".join(cmd), flush=True)
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def report(active: Path, gil: Path, seconds: float) -> None:

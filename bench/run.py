@@ -18,14 +18,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import accounting
 import requests
 from loadgen import run_wrk, wrk_path
-from procs import cpu_times, cpu_top
+from procs import ROOT, cpu_times, cpu_top
 from report import CONNS, render, write
 from servers import SERVERS, Running, ServerError
 from workload import in_process, reference, sample
 
-NAMES = ("inprocess", *SERVERS)
+NAMES = ("inprocess", *SERVERS, "accounting")
 WARMUP_REQUESTS = 200
 
 
@@ -88,6 +89,17 @@ def bench_server(name: str, work: Path, body: dict[str, Any], want: dict[str, An
     return result
 
 
+def account(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The no-compute path's CPU per request against FastAPI's (bench/accounting.py), on this checkout."""
+    progress("CPU accounting of the no-compute path (bench/accounting.py)")
+    settings = accounting.Settings(seconds=4.0 if args.quick else accounting.SECONDS, out=args.out)
+    try:
+        return accounting.run(ROOT, work, settings)
+    except Exception as exc:  # the rows' results are kept whatever goes wrong here
+        progress(f"accounting: FAILED: {type(exc).__name__}: {exc}")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     wrk_path()  # fail early, with the install hint
@@ -113,12 +125,15 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 server = data["servers"].setdefault(name, {"label": SERVERS[name][0], "rounds": []})
                 server["rounds"].append(bench_server(name, Path(work) / f"round{round_no}", body, want, args.duration))
+        if "accounting" in args.only:
+            data["accounting"] = account(Path(work), args)
     data["meta"]["wall_s"] = round(time.monotonic() - began, 1)
     data["meta"]["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print("\n" + render(data))
     path = write(data, args.out)
     progress(f"done in {data['meta']['wall_s']:.0f} s; written to {path} and {path.with_suffix('.json')}")
     failed = [s["label"] for s in data["servers"].values() if any(r.get("error") for r in s["rounds"])]
+    failed += ["the CPU accounting"] if data.get("accounting", {}).get("error") else []
     if failed:
         print(f"error: {', '.join(failed)} failed (see above)", file=sys.stderr)
     return 1 if failed else 0

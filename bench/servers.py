@@ -42,12 +42,14 @@ def _tail(log: Path, chars: int = 1500) -> str:
         return "(no log)"
 
 
-def _serve(name: str, cmd: list[str], work: Path, body: Result, port: int, env: dict[str, str]) -> Iterator[Running]:
-    """Start a peer in its own session, wait until POST /mlp answers, and always stop its whole session."""
+def _serve(
+    name: str, cmd: list[str], work: Path, body: Result, port: int, env: dict[str, str], path: str = "/mlp"
+) -> Iterator[Running]:
+    """Start a peer in its own session, wait until POST `path` answers, and always stop its whole session."""
     log = work / f"{name}.log"
     proc = spawn(cmd, log, env)
     try:
-        url = f"http://127.0.0.1:{port}/mlp"
+        url = f"http://127.0.0.1:{port}{path}"
         if not _wait_until(lambda: _answers(url, body), 240, alive=lambda: proc.poll() is None):
             raise ServerError(f"{name} did not answer on {url}; its log ({log}) ends with:\n{_tail(log)}")
         yield Running(url, [proc.pid])
@@ -71,6 +73,16 @@ def fastapi(work: Path, body: Result) -> Iterator[Running]:
 
 
 @contextlib.contextmanager
+def fastapi_async(work: Path, body: Result, path: str = "/mlp") -> Iterator[Running]:
+    """FastAPI's faster idiom: `async def` endpoints (no thread-pool hand-off), uvicorn[standard] (uvloop,
+    httptools), 2 workers, access log off, 1 BLAS thread each. `path="/noop"`: its no-compute endpoint."""
+    port = free_port()
+    cmd = [PY, "-m", "uvicorn", "bench.peers.fastapi_async_app:app", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--workers", "2", "--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"]
+    yield from _serve("fastapi-async", cmd, work, body, port, clean_env(**PEER_ENV), path)
+
+
+@contextlib.contextmanager
 def ray_plain(work: Path, body: Result) -> Iterator[Running]:
     port = free_port()
     cmd = [PY, str(ROOT / "bench" / "peers" / "ray_serve_plain.py"), str(port)]
@@ -91,11 +103,14 @@ def litserve(work: Path, body: Result) -> Iterator[Running]:
     yield from _serve("litserve", cmd, work, body, port, clean_env(**PEER_ENV))
 
 
-def _controller(args: list[str], project: Path, timeout_s: float) -> tuple[int, str]:
-    """Run controller.py as a user would (in its own session, so a hung one is stopped whole)."""
+def _controller(args: list[str], project: Path, timeout_s: float, checkout: Path = ROOT) -> tuple[int, str]:
+    """Run controller.py as a user would (in its own session, so a hung one is stopped whole); another
+    `checkout`'s runs with that checkout's own .venv."""
     log = project / "controller.log"
     start = log.stat().st_size if log.exists() else 0
-    proc = spawn([PY, str(ROOT / "controller.py"), *args, "-c", str(project / "conf.ini")], log, clean_env(), project)
+    python = PY if checkout == ROOT else str(checkout / ".venv" / "bin" / "python")
+    cmd = [python, str(checkout / "controller.py"), *args, "-c", str(project / "conf.ini")]
+    proc = spawn(cmd, log, clean_env(), project)
     try:
         code = proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -143,18 +158,26 @@ def modelserve(work: Path, body: Result, legacy: bool = False, inline: bool = Fa
     """This runtime with bench/conf.ini (its defaults), started and stopped by the real CLI."""
     port, dashboard_port = late_port(), free_port()
     project = _project(work, port, dashboard_port, legacy, inline)
-    try:
-        code, out = _controller([], project, 300)
-        if code != 0:
-            raise ServerError(f"controller.py exited {code}; its output ends with:\n{out[-2000:]}")
-        print(out.rstrip(), flush=True)
+    with applied(project, dashboard_port) as sessions:
         url = f"http://127.0.0.1:{port}/mlp"
         if not _wait_until(lambda: _answers(url, body), 60):
             raise ServerError(f"modelserve reported healthy but {url} does not answer")
-        yield Running(url, sorted(_head_sessions(project, dashboard_port)), unwrap=lambda reply: reply["result"])
+        yield Running(url, sessions, unwrap=lambda reply: reply["result"])
+
+
+@contextlib.contextmanager
+def applied(project: Path, dashboard_port: int, checkout: Path = ROOT) -> Iterator[list[int]]:
+    """`controller.py` (of `checkout`) applies the project's conf.ini on a local cluster it starts; yields the
+    cluster's sessions, and always ends with `down --stop-cluster` (and stops what that left)."""
+    try:
+        code, out = _controller([], project, 300, checkout)
+        if code != 0:
+            raise ServerError(f"controller.py exited {code}; its output ends with:\n{out[-2000:]}")
+        print(out.rstrip(), flush=True)
+        yield sorted(_head_sessions(project, dashboard_port))
     finally:
         leftover = _head_sessions(project, dashboard_port)
-        code, out = _controller(["down", "--stop-cluster"], project, 120)
+        code, out = _controller(["down", "--stop-cluster"], project, 120, checkout)
         if code != 0:
             print(f"warning: `controller.py down --stop-cluster` exited {code}:\n{out[-1000:]}", file=sys.stderr)
         for sid in leftover:
@@ -179,6 +202,9 @@ SERVERS: dict[str, tuple[str, Callable[[Path, Result], contextlib.AbstractContex
     "raytuned": ("Ray Serve (tuned)", ray_tuned),
     "litserve": ("LitServe (batched, 2 workers)", litserve),
     "flask": ("Flask + gunicorn (2 sync workers)", flask),
-    "fastapi": ("FastAPI + uvicorn (2 workers)", fastapi),
+    "fastapi": ("FastAPI + uvicorn (2 workers, sync def)", fastapi),
+    "fastapiasync": ("FastAPI + uvicorn[standard], 2 workers, async def, access log off, 1 BLAS thread", fastapi_async),
 }
-PEERS = ("ray", "raytuned", "litserve", "flask", "fastapi")
+PEERS = ("ray", "raytuned", "litserve", "flask", "fastapi", "fastapiasync")
+#: The FastAPI rows: the targets are against the faster of the two at each connection count.
+FASTAPI_ROWS = ("fastapi", "fastapiasync")
