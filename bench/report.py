@@ -109,7 +109,12 @@ def targets(data: dict[str, Any]) -> list[tuple[str, bool | None]]:
     it needs was not measured)."""
     peer32, peer1 = _fastapi(data, 32, "rps", lowest=False), _fastapi(data, 1, "p50_ms", lowest=True)
     out: list[tuple[str, bool | None]] = []
-    for name, who, factor in (("modelserve", "batched", 1.5), ("legacy", "original-template", 1.0)):
+    rows = (
+        ("modelserve", "batched", 1.5),
+        ("legacy", "original-template", 1.0),
+        ("auto", "original-template, replicas = auto", 1.0),
+    )
+    for name, who, factor in rows:
         out.append(_rps_target(who, _run(data, name, 32), peer32, factor))
         out.append(_p50_target(who, _run(data, name, 1), peer1))
     return out

@@ -124,8 +124,9 @@ def _controller(args: list[str], project: Path, timeout_s: float, checkout: Path
 LEGACY_SECTION = ("[algopkg.BenchMLP]\nbackend = BenchMLP\n", "[algopkg.BenchMLPLegacy]\nbackend = algo_backend\n")
 
 
-def _project(work: Path, port: int, dashboard_port: int, legacy: bool = False, inline: bool = False) -> Path:
-    project = work / ("modelserve-legacy" + ("-inline" if inline else "") if legacy else "modelserve")
+def _project(work: Path, port: int, dashboard_port: int, legacy: bool = False, extra: str = "") -> Path:
+    suffix = "-" + extra.split()[0] if extra else ""
+    project = work / ("modelserve-legacy" + suffix if legacy else "modelserve")
     project.mkdir()
     for name in ("algopkg", "Model_ZOO"):
         (project / name).symlink_to(ROOT / name)
@@ -136,7 +137,7 @@ def _project(work: Path, port: int, dashboard_port: int, legacy: bool = False, i
     if legacy:
         if LEGACY_SECTION[0] not in conf:
             raise ServerError(f"bench/conf.ini has no {LEGACY_SECTION[0]!r} to replace")
-        conf = conf.replace(LEGACY_SECTION[0], LEGACY_SECTION[1] + ("model_calls = inline\n" if inline else ""))
+        conf = conf.replace(LEGACY_SECTION[0], LEGACY_SECTION[1] + (extra + "\n" if extra else ""))
     (project / "conf.ini").write_text(conf)
     return project
 
@@ -154,10 +155,11 @@ def _head_sessions(project: Path, dashboard_port: int) -> set[int]:
 
 
 @contextlib.contextmanager
-def modelserve(work: Path, body: Result, legacy: bool = False, inline: bool = False) -> Iterator[Running]:
-    """This runtime with bench/conf.ini (its defaults), started and stopped by the real CLI."""
+def modelserve(work: Path, body: Result, legacy: bool = False, extra: str = "") -> Iterator[Running]:
+    """This runtime with bench/conf.ini (its defaults, and `extra` keys in the original-template section),
+    started and stopped by the real CLI."""
     port, dashboard_port = late_port(), free_port()
-    project = _project(work, port, dashboard_port, legacy, inline)
+    project = _project(work, port, dashboard_port, legacy, extra)
     with applied(project, dashboard_port) as sessions:
         url = f"http://127.0.0.1:{port}/mlp"
         if not _wait_until(lambda: _answers(url, body), 60):
@@ -191,13 +193,19 @@ def modelserve_legacy(work: Path, body: Result) -> contextlib.AbstractContextMan
 
 def modelserve_legacy_inline(work: Path, body: Result) -> contextlib.AbstractContextManager[Running]:
     """The original-template package with `model_calls = inline`: what the opt-in buys (and costs: no timeout)."""
-    return modelserve(work, body, legacy=True, inline=True)
+    return modelserve(work, body, legacy=True, extra="model_calls = inline")
+
+
+def modelserve_legacy_auto(work: Path, body: Result) -> contextlib.AbstractContextManager[Running]:
+    """The original-template package with `replicas = auto`: one replica per CPU (both cores, as 2 workers)."""
+    return modelserve(work, body, legacy=True, extra="replicas = auto")
 
 
 SERVERS: dict[str, tuple[str, Callable[[Path, Result], contextlib.AbstractContextManager[Running]]]] = {
     "modelserve": ("modelserve (defaults)", modelserve),
     "legacy": ("modelserve, original-template package (defaults)", modelserve_legacy),
     "inline": ("modelserve, original-template package, model_calls = inline", modelserve_legacy_inline),
+    "auto": ("modelserve, original-template package, replicas = auto", modelserve_legacy_auto),
     "ray": ("plain Ray Serve", ray_plain),
     "raytuned": ("Ray Serve (tuned)", ray_tuned),
     "litserve": ("LitServe (batched, 2 workers)", litserve),

@@ -155,7 +155,8 @@ def test_the_targets_are_against_the_faster_fastapi_row_at_each_connection_count
             "fastapiasync": {1: (1100, 0.6, 1.0), 32: (1800, 17.0, 40.0)},  # the faster one at 1 connection
         }
     )
-    (batched32, ok32), (batched1, ok1), (legacy32, _), (legacy1, _) = report.targets(data)
+    (batched32, ok32), (batched1, ok1), (legacy32, _), (legacy1, _), (auto32, unmeasured) = report.targets(data)[:5]
+    assert "replicas = auto" in auto32 and unmeasured is None  # a row not run: no verdict
     assert "fastapi 2,500" in batched32 and "1.20x" in batched32 and ok32 is False  # 3,000 < 1.5 x 2,500
     assert "fastapiasync p50 0.60" in batched1 and ok1 is False  # 1.2 > 0.6 + 0.5
     assert "original-template RPS 1,500 >= 1.0x fastapi 2,500" in legacy32
