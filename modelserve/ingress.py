@@ -27,8 +27,14 @@ from modelserve.router import SECTION_HEADER, Router, payload_of
 
 def _batcher(pipeline: Pipeline) -> Any:
     """A batch queue of its own for one pipeline (a decorated method would share one queue per class).
-    Ray's `serve.batch` is untyped; its wrapper adds set_max_batch_size and set_batch_wait_timeout_s."""
-    batch = cast(Any, serve.batch)(max_batch_size=1, batch_wait_timeout_s=0.0)
+    Ray's `serve.batch` is untyped; its wrapper adds set_max_batch_size and set_batch_wait_timeout_s.
+
+    Two batches in flight: while the model computes batch N on the model thread, the loop gathers
+    batch N+1 and queues it behind N, so the model thread goes from one batch to the next without
+    waiting for the loop (the model thread still runs one call at a time). Measured, `bench/run.py
+    --only modelserve`, two interleaved pairs: 2,216-2,726 requests/s at 32 connections against
+    1,754-1,866 with one batch in flight, p99 18.5-22 ms against 26-28 (bench/RESULTS.md)."""
+    batch = cast(Any, serve.batch)(max_batch_size=1, batch_wait_timeout_s=0.0, max_concurrent_batches=2)
     return batch(pipeline.infer_batch)
 
 
