@@ -29,7 +29,7 @@ from typing import Any
 import psutil
 import requests
 from fixedrate import FixedLoad, run_fixed
-from procs import ROOT, free_port, late_port, session_members
+from procs import ROOT, cpu_times, free_port, late_port
 from servers import ServerError, applied, fastapi_async
 from stages import NATIVE, STAGES, by_thread, pyspy, thread_names, us_per_request
 from workload import sample
@@ -64,14 +64,7 @@ def progress(message: str) -> None:
 
 def snapshot(sids: Iterable[int]) -> Snapshot:
     """User+system CPU seconds of every process of the sessions, with its whole command line."""
-    out = {}
-    for sid in set(sids):
-        for pid in session_members(sid):
-            with contextlib.suppress(psutil.Error):
-                proc = psutil.Process(pid)
-                times = proc.cpu_times()
-                out[pid] = (" ".join(w for w in proc.cmdline() if w) or proc.name(), times.user + times.system)
-    return out
+    return cpu_times(sids, whole_command=True)
 
 
 Threads = dict[int, tuple[str, float, float]]  # native thread id -> (name, CPU seconds, of which in the kernel)

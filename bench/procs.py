@@ -75,15 +75,20 @@ def _short_name(cmdline: list[str], pid: int) -> str:
     return " ".join([os.path.basename(words[0]), *words[1:3]])[:50] if words else f"pid {pid}"
 
 
-def cpu_times(sids: Iterable[int]) -> dict[int, tuple[str, float]]:
-    """User+system CPU seconds of every process of the sessions, by pid, with a short name."""
+def cpu_times(sids: Iterable[int], whole_command: bool = False) -> dict[int, tuple[str, float]]:
+    """User+system CPU seconds of every process of the sessions, by pid, with a short name (or its whole
+    command line)."""
     out = {}
     for sid in set(sids):
         for pid in session_members(sid):
             with contextlib.suppress(psutil.Error):
                 proc = psutil.Process(pid)
                 times = proc.cpu_times()
-                out[pid] = (_short_name(proc.cmdline(), pid), times.user + times.system)
+                cmdline = proc.cmdline()
+                name = (
+                    (" ".join(w for w in cmdline if w) or proc.name()) if whole_command else _short_name(cmdline, pid)
+                )
+                out[pid] = (name, times.user + times.system)
     return out
 
 

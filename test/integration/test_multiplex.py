@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 import requests
-from helpers import MEASURED, TestCluster, controller_in_process, make_project, wait_for, write_conf
+from helpers import ECHO_SECTION, MEASURED, TestCluster, controller_in_process, make_project, wait_for, write_conf
 
 from modelserve import raycompat
 from modelserve.cluster import Cluster
@@ -35,15 +35,7 @@ SECTIONS = (
     route = adapters
     method = POST
     """,
-    """
-    [algopkg.Echo]
-    backend = Echo
-    model = echo_model.txt
-    route = echo
-    method = POST
-    cpu_cost = 0.5
-    replicas = auto
-    """,
+    ECHO_SECTION + "replicas = auto\n",
     """
     [algopkg.Adapters:one]
     backend = Adapter
