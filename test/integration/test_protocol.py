@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.http as triton
-from helpers import REPO, TestCluster, controller_in_process, make_project, write_conf
+from helpers import REPO, TestCluster, controller_in_process, make_project, wait_for, write_conf
 from oip_schema import validate
 from tritonclient.utils import InferenceServerException
 
@@ -49,6 +50,14 @@ SECTIONS = (
     method = GET,POST
     cpu_cost = 0.25
     warmup = warmup.json
+    """,
+    """
+    [algopkg.Tensors:copy]
+    backend = LegacyScale
+    route = tensors/copy
+    method = POST
+    cpu_cost = 0.25
+    mirror_of = Tensors:legacy
     """,
     """
     [algopkg.Tensors:blue]
@@ -275,3 +284,21 @@ def test_a_shared_routes_split_applies_to_protocol_calls(base: str) -> None:
         assert answer.status_code == 200, answer.text
         answered.append(answer.headers["x-modelserve-section"])
     assert set(answered) == {"algopkg.Tensors:blue", "algopkg.Tensors:green"}, answered
+
+
+def test_a_mirror_gets_protocol_calls_as_protocol_calls(conf: Path, base: str) -> None:
+    """The mirror is the original template on `values`: a copy read as a native call (no `values`) would fail it."""
+    values = {"inputs": [{"name": "values", "datatype": "FP64", "shape": [1, 2], "data": [1.0, 2.0]}]}
+    for _ in range(20):
+        answer = requests.post(f"{base}/tensors/legacy/v2/models/tensors/legacy/infer", json=values, timeout=30)
+        assert answer.status_code == 200, answer.text
+
+    def counted() -> tuple[int, int] | None:
+        code, out = controller_in_process("status", "-c", str(conf))
+        line = next((x for x in out.splitlines() if "mirror algopkg.Tensors:copy" in x), "")
+        found = re.search(r"sent (\d+), failed (\d+)", line)
+        sent, failed = (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+        return (sent, failed) if sent >= 20 or failed else None  # this module's earlier calls copied too
+
+    sent, failed = wait_for(counted, timeout_s=40, what="the mirror's counts in status")
+    assert sent >= 20 and failed == 0, (sent, failed)
