@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,6 @@ def dashboard_answers(url: str, timeout_s: float = 1.0) -> bool:
 
 #: How long a command waits for a cluster to answer before it gives up (exit 3): `--connect-timeout`.
 CONNECT_TIMEOUT_S = 10.0
-#: What a Python process takes to start and import Ray's core, on top of the wait itself.
-_CHILD_START_S = 3.0
 
 
 def _waited(timeout_s: float) -> str:
@@ -99,15 +98,16 @@ def _terminate_raises() -> Iterator[None]:
 def _dashboard_from_gcs(gcs_address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> str:
     """The dashboard URL of a cluster known by its GCS address, within about `timeout_s`: a TCP connect
     first, then Ray's GCS client in a child process that is killed at the deadline, or with us on
-    SIGINT or SIGTERM (`ray.init` retried for minutes here, deaf to both)."""
+    SIGINT or SIGTERM (`ray.init` retried for minutes here, deaf to both). The whole lookup, the
+    child's start included, ends within `timeout_s`."""
+    started = time.monotonic()
     _accepts_connections(gcs_address, timeout_s)
     use_token_if_available()  # the child reads RAY_AUTH_MODE from the environment it inherits
-    command = raycompat.dashboard_from_gcs_command(gcs_address, timeout_s)
+    left_s = max(timeout_s - (time.monotonic() - started), 0.1)
+    command = raycompat.dashboard_from_gcs_command(gcs_address, time.time() + left_s)
     try:
         with _terminate_raises():
-            done = subprocess.run(
-                command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout_s + _CHILD_START_S
-            )
+            done = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=left_s)
     except subprocess.TimeoutExpired:
         raise ClusterError(
             f"the Ray cluster at {gcs_address} did not answer: its port accepts connections, but no Ray GCS "

@@ -199,14 +199,15 @@ def auth_headers(env: Mapping[str, str] | None = None) -> dict[str, str]:
 DASHBOARD_KV_KEY = b"webui:url"
 DASHBOARD_KV_NAMESPACE = b"dashboard"
 
-#: `python -c` this, GCS_ADDRESS, TIMEOUT_S: prints `{"dashboard": "host:port" or ""}` or `{"error": ...}`.
+#: `python -c` this, GCS_ADDRESS, DEADLINE (the `time.time()` to give up at): prints
+#: `{"dashboard": "host:port" or ""}` or `{"error": ...}`.
 #: Ray's GCS client, without joining the cluster as a driver. Its channel waits 5 s
 #: (gcs_rpc_server_connect_timeout_s) twice on a port that does not answer gRPC, whatever the
 #: timeout, in C++ that no signal interrupts: hence a child process, which the caller stops.
 _DASHBOARD_FROM_GCS = f"""
-import json, sys
+import json, sys, time
 from ray._raylet import InnerGcsClient
-address, timeout_s = sys.argv[1], float(sys.argv[2])
+address, timeout_s = sys.argv[1], max(float(sys.argv[2]) - time.time(), 0.1)
 try:
     client = InnerGcsClient.standalone(address, None, int(timeout_s * 1000))
     value = client.internal_kv_get({DASHBOARD_KV_KEY!r}, {DASHBOARD_KV_NAMESPACE!r}, timeout=timeout_s)
@@ -216,9 +217,10 @@ except Exception as exc:
 """
 
 
-def dashboard_from_gcs_command(gcs_address: str, timeout_s: float) -> list[str]:
-    """The command that reads a cluster's dashboard address from its GCS (see _DASHBOARD_FROM_GCS)."""
-    return [sys.executable, "-c", _DASHBOARD_FROM_GCS, gcs_address, str(timeout_s)]
+def dashboard_from_gcs_command(gcs_address: str, deadline: float) -> list[str]:
+    """The command that reads a cluster's dashboard address from its GCS by `deadline` (a
+    `time.time()`; see _DASHBOARD_FROM_GCS)."""
+    return [sys.executable, "-c", _DASHBOARD_FROM_GCS, gcs_address, repr(deadline)]
 
 
 def submission_client(dashboard_url: str) -> Any:

@@ -1,6 +1,6 @@
 """`controller.py` against a cluster that is not there, as a user meets it: the GCS address of a
 cluster that was killed, one where no cluster ever ran, and a port that accepts connections but
-never answers. A command that reads a cluster gives up within `--connect-timeout` (5 s by default)
+never answers. A command that reads a cluster gives up within `--connect-timeout` (10 s by default)
 with exit 3, and SIGTERM or SIGINT stop it at once. Timings are printed."""
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def test_status_of_a_port_that_never_answers_exits_3_after_the_connect_timeout(p
     with silent_port() as port:
         result, took = status(project, f"127.0.0.1:{port}", "--connect-timeout", "2")
     print(f"status by GCS address, a silent port, --connect-timeout 2: exit {result.returncode} in {took:.1f} s")
-    assert result.returncode == 3 and took < 2 + START_S + 3, (took, result.stderr)  # 3: the lookup's own start
+    assert result.returncode == 3 and took < 2 + START_S, (took, result.stderr)  # the lookup's own start within the 2 s
     assert f"the Ray cluster at 127.0.0.1:{port} did not answer" in result.stderr
 
 

@@ -63,7 +63,7 @@ def test_a_gcs_port_that_never_answers_fails_within_the_timeout(tmp_path: Path) 
             cluster.resolve_dashboard(settings(address=f"127.0.0.1:{port}"), tmp_path, start=False, connect_timeout_s=1)
         took = time.monotonic() - began
     print(f"a silent GCS port: gave up after {took:.1f} s (connect timeout 1 s)")
-    assert took < 1 + cluster._CHILD_START_S + 2
+    assert took < 1 + 1  # the child's start is within the timeout: 1 s, and this test's own overhead
 
 
 def test_a_dashboard_that_never_answers_fails_within_the_timeout() -> None:

@@ -211,6 +211,6 @@ def test_the_dashboard_address_is_read_from_the_gcs_where_ray_s_head_writes_it()
     assert ray_constants.KV_NAMESPACE_DASHBOARD == raycompat.DASHBOARD_KV_NAMESPACE
     assert "timeout_ms" in (InnerGcsClient.standalone.__doc__ or "")
     assert "namespace=None, timeout=None" in (InnerGcsClient.internal_kv_get.__doc__ or "")
-    command = raycompat.dashboard_from_gcs_command("127.0.0.1:1", 0.5)
-    assert command[:2] == [sys.executable, "-c"] and command[-2:] == ["127.0.0.1:1", "0.5"]
+    command = raycompat.dashboard_from_gcs_command("127.0.0.1:1", 1234.5)
+    assert command[:2] == [sys.executable, "-c"] and command[-2:] == ["127.0.0.1:1", "1234.5"]
     compile(command[2], "<dashboard_from_gcs>", "exec")
