@@ -127,10 +127,15 @@ def _dashboard_from_gcs(gcs_address: str, timeout_s: float = CONNECT_TIMEOUT_S) 
 
 
 def resolve_dashboard(
-    settings: ServeSettings, state_dir: Path, start: bool, connect_timeout_s: float = CONNECT_TIMEOUT_S
+    settings: ServeSettings,
+    state_dir: Path,
+    start: bool,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    stage: str = "",
 ) -> str | None:
     """Where the cluster's dashboard is, per `[MODEL SERVE] address`; starts a head if allowed. A GCS
-    address that does not answer within `connect_timeout_s` is a ClusterError."""
+    address that does not answer within `connect_timeout_s` is a ClusterError, and so is, for the
+    production stage, a local cluster on `dashboard_port` that another project started."""
     address = settings.address
     if address == "auto":
         address = os.environ.get("RAY_ADDRESS", "") or "local"
@@ -145,6 +150,8 @@ def resolve_dashboard(
         return head.dashboard_url
     default = f"http://127.0.0.1:{settings.dashboard_port}"
     if dashboard_answers(default):
+        if not stage:  # a stage's apply touches only that stage: it may share another project's cluster
+            localhead.refuse_another_project_s(default, state_dir, settings.dashboard_port)
         return default
     if not start:
         return None
@@ -263,6 +270,13 @@ class Cluster:
             return reply.json()["data"]
         except (requests.RequestException, ValueError, KeyError) as exc:
             raise ClusterError(f"cannot read {path} from {self.dashboard_url}: {exc}") from exc
+
+    def head_labels(self) -> dict[str, str]:
+        """The head node's Ray labels (none where the dashboard does not list them)."""
+        try:
+            return raycompat.head_labels(self._get_json(f"{raycompat.NODES_API_PATH}?detail=1")["result"]["result"])
+        except (ClusterError, KeyError, TypeError):
+            return {}
 
     def metrics_targets(self) -> list[str]:
         """Each alive node's Prometheus endpoint (Ray's metrics exporter)."""

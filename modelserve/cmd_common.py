@@ -125,7 +125,10 @@ def target_of(args: argparse.Namespace) -> tuple[str | None, str, float]:
             file=sys.stderr,
         )
         return str(last["dashboard_url"]), str(last["base_url"]), 300.0
-    dashboard = resolve_dashboard(config.serve, state_dir, start=False, connect_timeout_s=connect_timeout_s(args))
+    timeout_s = connect_timeout_s(args)
+    dashboard = resolve_dashboard(
+        config.serve, state_dir, start=False, connect_timeout_s=timeout_s, stage=getattr(args, "stage", "")
+    )
     base_url = base_url_of(config, dashboard) if dashboard else ""
     return dashboard, base_url, config.serve.deploy_timeout_s
 

@@ -69,7 +69,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     state_dir = state_dir_of(args.config)
     validated_once(config, plan.deploy_config(config, plan.Artifacts.placeholder(config)), state_dir)
     phases.mark("read and validate conf.ini")
-    dashboard = resolve_dashboard(config.serve, state_dir, start=True, connect_timeout_s=connect_timeout_s(args))
+    timeout_s = connect_timeout_s(args)
+    dashboard = resolve_dashboard(config.serve, state_dir, start=True, connect_timeout_s=timeout_s, stage=args.stage)
     assert dashboard is not None
     cluster = connected(args, dashboard, uploads=state_dir / UPLOADS)
     phases.mark("find (or start) the cluster")

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import psutil
 
-from modelserve.cluster import ClusterError, dashboard_answers, use_token_if_available
+from modelserve import raycompat
+from modelserve.cluster import Cluster, ClusterError, dashboard_answers, use_token_if_available
 from modelserve.node import NodeSpec, chosen_ports, ensure_token, free_port, node_env, ray_start_command
 from modelserve.serve_settings import ServeSettings
 
@@ -84,10 +85,29 @@ def refuse_taken_ports(settings: ServeSettings) -> None:
         raise ClusterError("the local Ray cluster was not started:\n  " + "\n  ".join(problems))
 
 
+def project_id(state_dir: Path) -> str:
+    """The project a local head belongs to: a short hash of its `.modelserve` directory's path."""
+    return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
+
+
 def local_temp_dir(state_dir: Path) -> str:
     """Ray's session directory for the project's own head, never the shared /tmp/ray: short, as
     Ray's Unix sockets under it must fit in 107 characters."""
-    return f"/tmp/ray-{hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]}"
+    return f"/tmp/ray-{project_id(state_dir)}"
+
+
+def refuse_another_project_s(dashboard_url: str, state_dir: Path, dashboard_port: int) -> None:
+    """The local cluster found on `dashboard_port` is not one another project's controller started:
+    this project's apply would replace that project's sections (and `down` remove them)."""
+    owner = Cluster(dashboard_url, connect_timeout_s=5).head_labels().get(raycompat.PROJECT_LABEL, "")
+    if owner and owner != project_id(state_dir):
+        raise ClusterError(
+            f"the Ray cluster whose dashboard answers on 127.0.0.1:{dashboard_port} ([MODEL SERVE] dashboard_port) "
+            f"is the local cluster of another project on this host (its temp dir is /tmp/ray-{owner}); this "
+            "project would replace that project's sections there. Give this project its own `dashboard_port` "
+            f"and `port` in [MODEL SERVE] (it then starts a cluster of its own), or set `address = {dashboard_url}` "
+            "to use that cluster on purpose, or apply with --stage NAME beside it"
+        )
 
 
 def start_local_head(settings: ServeSettings, state_dir: Path, timeout_s: float = 90.0) -> LocalHead:
@@ -106,6 +126,7 @@ def start_local_head(settings: ServeSettings, state_dir: Path, timeout_s: float 
         num_gpus=settings.local_gpus,
         ingress=settings.ingress,
         temp_dir=local_temp_dir(state_dir),
+        labels=((raycompat.PROJECT_LABEL, project_id(state_dir)),),
     )
     cmd, env = ray_start_command(spec), node_env(spec)
     log_path = state_dir / "ray-head.log"

@@ -64,6 +64,7 @@ class NodeSpec:
     ingress: str = "fast"
     worker_http_port: int | None = None
     temp_dir: str = ""
+    labels: tuple[tuple[str, str], ...] = ()  # Ray node labels (a local head: its project)
 
 
 #: Ports this process has handed out: the kernel may give a closed port back at once.
@@ -195,7 +196,7 @@ def ray_start_command(spec: NodeSpec) -> list[str]:
         cmd.append(f"--num-gpus={spec.num_gpus}")
     if spec.resources:
         cmd.append(f"--resources={spec.resources}")
-    return cmd
+    return cmd + raycompat.labels_flag(dict(spec.labels))
 
 
 def node_env(spec: NodeSpec, base: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +140,26 @@ def draining_env(seconds: int) -> dict[str, str]:
 LOG_API_PATH = "/api/v0/logs"
 #: The State API's node list (`ray list nodes`): each alive node's `resources_total`.
 NODES_API_PATH = "/api/v0/nodes"
+#: `ray start --labels k=v,...` (a hidden option in Ray 2.60; node labels are public API) gives a
+#: node labels that NODES_API_PATH returns as each node's `labels`. A local head carries the
+#: project whose controller started it.
+LABELS_OPTION = "--labels"
+PROJECT_LABEL = "modelserve-project"
+
+
+def labels_flag(labels: Mapping[str, str]) -> list[str]:
+    """`ray start`'s option for the node's labels (none: no option)."""
+    return [f"{LABELS_OPTION}={','.join(f'{key}={value}' for key, value in labels.items())}"] if labels else []
+
+
+def head_labels(nodes: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """The alive head node's labels, from NODES_API_PATH's `result.result`."""
+    for node in nodes:
+        if node.get("is_head_node") and node.get("state") == "ALIVE":
+            return {str(key): str(value) for key, value in (node.get("labels") or {}).items()}
+    return {}
+
+
 #: The dashboard's cluster status: `loadMetricsReport.usage` is `{resource: [used, total]}`, and
 #: `loadMetricsReport.usageByNode` the same by node id.
 CLUSTER_STATUS_PATH = "/api/cluster_status"

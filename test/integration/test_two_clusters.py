@@ -145,6 +145,24 @@ def test_a_project_whose_http_port_another_cluster_holds_is_refused(
     assert not (third.root / ".modelserve" / STATE_FILE).exists()
 
 
+def test_a_project_that_meets_another_s_local_cluster_on_its_dashboard_port_leaves_it_alone(
+    two: tuple[Project, Project], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A third project with a port of its own but A's `dashboard_port` (the default both kept) found
+    A's cluster there and replaced A's sections with its own. It is refused, and A serves on."""
+    a = two[0]
+    third = new_project(tmp_path_factory, "cluster_d")
+    third.dashboard_port = a.dashboard_port
+    for command in ((), ("status",), ("down",)):
+        serve = {"port": third.port, "address": "local", "dashboard_port": a.dashboard_port}
+        conf = write_conf(third.root, serve, echo("d", "cluster-d"))
+        code, out = controller_in_process(*command, "-c", str(conf))
+        assert code == 3 and "is the local cluster of another project on this host" in out, (command, out)
+    assert call(a.url, {"n": 1}).status == 200 and cluster_of(a.url) == "cluster-a"
+    code, out = a.apply(*canary(90, 10))
+    assert code == 0 and "unchanged  Echo:a" in out and "unchanged  Echo:b" in out, out  # nothing was removed
+
+
 def test_route_moves_beside_another_cluster_lose_nothing_and_stay_in_their_cluster(
     two: tuple[Project, Project],
 ) -> None:

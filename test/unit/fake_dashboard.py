@@ -18,6 +18,8 @@ class FakeDashboard:
         self.url = ""
         self.nodes: list[dict[str, float]] = [{"CPU": 4.0, "GPU": 0.0}]
         self.used: dict[str, float] = {"CPU": 0.0}
+        #: The head node's (n0's) Ray labels.
+        self.head_labels: dict[str, str] = {}
         #: `{node id: {resource: used}}`, Ray's `usageByNode` (node ids are n0, n1, ...); None: not reported.
         self.used_by_node: dict[str, dict[str, float]] | None = None
         #: Called with each deployed config; may change `details` as the cluster would.
@@ -43,8 +45,10 @@ class FakeDashboard:
                     self._json({"ray_version": "2.60.0", "version": "4"})
                 elif self.path.startswith("/api/v0/nodes"):
                     nodes = [
-                        {"node_id": f"n{i}", "state": "ALIVE", "resources_total": n} for i, n in enumerate(fake.nodes)
+                        {"node_id": f"n{i}", "state": "ALIVE", "resources_total": n, "is_head_node": i == 0}
+                        for i, n in enumerate(fake.nodes)
                     ]
+                    nodes[0]["labels"] = fake.head_labels
                     self._json({"data": {"result": {"result": nodes}}})
                 elif self.path.startswith("/api/cluster_status"):
                     report: dict[str, Any] = {"usage": {kind: [used, 0.0] for kind, used in fake.used.items()}}

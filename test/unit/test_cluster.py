@@ -5,9 +5,10 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_dashboard import fake_dashboard
 from helpers import silent_port
 
-from modelserve import cluster
+from modelserve import cluster, localhead, raycompat
 from modelserve.node import free_port
 from modelserve.serve_settings import ServeSettings
 
@@ -98,3 +99,24 @@ def test_resources_read_each_node_s_use_and_where_each_application_s_replicas_ru
         "n0": 1.5,
         "n1": 3.5,
     }
+
+
+def test_local_never_takes_another_project_s_local_cluster(tmp_path: Path) -> None:
+    """A second project on the host whose `dashboard_port` meets the first's local cluster: its
+    apply would have replaced the first project's sections there (seen: `remove Sleepy`)."""
+    mine, theirs = tmp_path / "mine" / ".modelserve", tmp_path / "theirs" / ".modelserve"
+    with fake_dashboard() as fake:
+        local = settings(address="local", dashboard_port=int(fake.url.rpartition(":")[2]))
+        fake.head_labels = {raycompat.PROJECT_LABEL: localhead.project_id(theirs)}
+        with pytest.raises(cluster.ClusterError) as caught:
+            cluster.resolve_dashboard(local, mine, start=True)
+        message = str(caught.value)
+        assert "is the local cluster of another project on this host" in message, message
+        assert f"/tmp/ray-{localhead.project_id(theirs)}" in message and f"address = {fake.url}" in message
+        assert cluster.resolve_dashboard(local, mine, start=False, stage="grey") == fake.url  # a stage beside it
+        assert cluster.resolve_dashboard(local, theirs, start=False) == fake.url  # its own project's
+        fake.head_labels = {}  # a cluster started by hand or by modelserve.node: anyone's
+        assert cluster.resolve_dashboard(local, mine, start=False) == fake.url
+        address = settings(address=fake.url)  # named on purpose
+        fake.head_labels = {raycompat.PROJECT_LABEL: localhead.project_id(theirs)}
+        assert cluster.resolve_dashboard(address, mine, start=False) == fake.url

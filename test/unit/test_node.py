@@ -4,6 +4,7 @@ import pytest
 
 from modelserve.node import (
     NodeError,
+    NodeSpec,
     chosen_ports,
     ensure_token,
     late_port,
@@ -123,3 +124,11 @@ def test_a_stopping_replica_drains_for_5_s_unless_the_node_is_told_otherwise() -
     assert {k: node_env(spec, {})[k] for k in raycompat.draining_env(5)} == raycompat.draining_env(5)
     given = raycompat.draining_env(12)
     assert {k: node_env(spec, given)[k] for k in given} == given
+
+
+def test_a_head_s_labels_are_given_to_ray_start() -> None:
+    from modelserve import raycompat
+
+    spec = NodeSpec(role="head", labels=((raycompat.PROJECT_LABEL, "0a1b2c3d4e"),))
+    assert flags(ray_start_command(spec))["labels"] == f"{raycompat.PROJECT_LABEL}=0a1b2c3d4e"
+    assert not any(arg.startswith("--labels") for arg in ray_start_command(spec_from_env("head", {})))

@@ -214,3 +214,23 @@ def test_the_dashboard_address_is_read_from_the_gcs_where_ray_s_head_writes_it()
     command = raycompat.dashboard_from_gcs_command("127.0.0.1:1", 1234.5)
     assert command[:2] == [sys.executable, "-c"] and command[-2:] == ["127.0.0.1:1", "1234.5"]
     compile(command[2], "<dashboard_from_gcs>", "exec")
+
+
+def test_ray_start_takes_our_project_label_and_the_node_list_returns_labels() -> None:
+    """A local head is labelled with its project (`ray start --labels`, hidden in Ray 2.60); the
+    State API's node list returns each node's labels and whether it is the head."""
+    import dataclasses
+
+    from ray._private.label_utils import parse_node_labels_string, validate_node_labels
+    from ray.scripts.scripts import start
+    from ray.util.state.common import NodeState
+
+    assert any(raycompat.LABELS_OPTION in param.opts for param in start.params)
+    (flag,) = raycompat.labels_flag({raycompat.PROJECT_LABEL: "0a1b2c3d4e"})
+    labels = parse_node_labels_string(flag.partition("=")[2])
+    assert labels == {raycompat.PROJECT_LABEL: "0a1b2c3d4e"}
+    validate_node_labels(labels)  # raises on a key or value Ray does not take
+    assert {"labels", "is_head_node", "state"} <= {field.name for field in dataclasses.fields(NodeState)}
+    nodes = [{"is_head_node": False, "state": "ALIVE", "labels": {"a": "1"}}]
+    nodes.append({"is_head_node": True, "state": "ALIVE", "labels": {raycompat.PROJECT_LABEL: "x"}})
+    assert raycompat.head_labels(nodes) == {raycompat.PROJECT_LABEL: "x"}
