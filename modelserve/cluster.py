@@ -295,9 +295,13 @@ class Cluster:
                 each = {kind: float(amount) for kind, amount in (deployment.get("required_resources") or {}).items()}
                 apps[name] = Held(each, held)
         by_node = report.get("usageByNode") or {}
-        used = {node_id: {kind: float(pair[0]) for kind, pair in by_node.get(node_id, {}).items()} for node_id in alive}
-        if not set(alive) <= set(by_node):  # Ray reports no use per node: what Serve's replicas hold there
-            used = {node_id: _held_on(node_id, apps.values()) for node_id in alive}
+        # Ray's report of use per node is the autoscaler's, refreshed every few seconds: just after an
+        # apply it may not count replicas Serve has placed. A node's use is the larger of the two.
+        used: dict[str, dict[str, float]] = {}
+        for node_id in alive:
+            reported = {kind: float(pair[0]) for kind, pair in by_node.get(node_id, {}).items()}
+            serve = _held_on(node_id, apps.values())
+            used[node_id] = {kind: max(reported.get(kind, 0.0), serve.get(kind, 0.0)) for kind in {*reported, *serve}}
         return ClusterResources({node_id: Node(total, used[node_id]) for node_id, total in alive.items()}, apps)
 
     def log_lines(self, node_id: str, filename: str, tail: int, follow: bool) -> Iterator[str]:
