@@ -271,10 +271,16 @@ class Cluster:
         except (requests.RequestException, ValueError, KeyError) as exc:
             raise ClusterError(f"cannot read {path} from {self.dashboard_url}: {exc}") from exc
 
+    def _nodes(self) -> list[dict[str, Any]]:
+        """Every node of the cluster, as the State API lists them (`ray list nodes --detail`)."""
+        listed = self._get_json(f"{raycompat.NODES_API_PATH}?detail=1&limit=10000")
+        nodes: list[dict[str, Any]] = listed["result"]["result"]
+        return nodes
+
     def head_labels(self) -> dict[str, str]:
         """The head node's Ray labels (none where the dashboard does not list them)."""
         try:
-            return raycompat.head_labels(self._get_json(f"{raycompat.NODES_API_PATH}?detail=1")["result"]["result"])
+            return raycompat.head_labels(self._nodes())
         except (ClusterError, KeyError, TypeError):
             return {}
 
@@ -284,7 +290,7 @@ class Cluster:
 
     def resources(self, details: Mapping[str, Any]) -> ClusterResources:
         """Each alive node's totals and use, and what each running application's replicas hold."""
-        nodes = self._get_json(f"{raycompat.NODES_API_PATH}?detail=1&limit=10000")["result"]["result"]
+        nodes = self._nodes()
         report = self._get_json(raycompat.CLUSTER_STATUS_PATH)["clusterStatus"]["loadMetricsReport"]
         alive = {n["node_id"]: n.get("resources_total") or {} for n in nodes if n.get("state") == "ALIVE"}
         apps = {}

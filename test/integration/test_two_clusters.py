@@ -153,9 +153,9 @@ def test_a_project_that_meets_another_s_local_cluster_on_its_dashboard_port_leav
     a = two[0]
     third = new_project(tmp_path_factory, "cluster_d")
     third.dashboard_port = a.dashboard_port
+    serve = {"port": third.port, "address": "local", "dashboard_port": a.dashboard_port}
+    conf = write_conf(third.root, serve, echo("d", "cluster-d"))
     for command in ((), ("status",), ("down",)):
-        serve = {"port": third.port, "address": "local", "dashboard_port": a.dashboard_port}
-        conf = write_conf(third.root, serve, echo("d", "cluster-d"))
         code, out = controller_in_process(*command, "-c", str(conf))
         assert code == 3 and "is the local cluster of another project on this host" in out, (command, out)
     assert call(a.url, {"n": 1}).status == 200 and cluster_of(a.url) == "cluster-a"
