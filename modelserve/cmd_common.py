@@ -11,7 +11,8 @@ from typing import TypeAlias
 from urllib.parse import urlparse
 
 from modelserve import stages
-from modelserve.cluster import CONNECT_TIMEOUT_S, Cluster, resolve_dashboard
+from modelserve.address import resolve_dashboard
+from modelserve.cluster import CONNECT_TIMEOUT_S, Cluster
 from modelserve.config import ConfigError, load_config
 from modelserve.settings import Config
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import requests
 
 from modelserve import plan, stages, status, traffic
+from modelserve.address import resolve_dashboard
 from modelserve.apply import (
     ERRORS_FILE,
     apply,
@@ -22,7 +23,7 @@ from modelserve.apply import (
     wait,
     warn_about_http_options,
 )
-from modelserve.cluster import Cluster, resolve_dashboard
+from modelserve.cluster import Cluster
 from modelserve.cmd_common import (
     EXIT_UNHEALTHY,
     LAST_APPLY,

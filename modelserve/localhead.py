@@ -2,7 +2,7 @@
 
 A local head runs `ray start --head --block` in its own process group, its ports and
 temp dir recorded in `.modelserve/cluster.json`; stopping it stops exactly that group,
-never other clusters on the machine. cluster.py decides when one is needed.
+never other clusters on the machine. address.py decides when one is needed.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""cluster.py without Ray: finding the dashboard, connecting, reading what a cluster holds."""
+"""cluster.py and address.py without Ray: finding the dashboard, connecting, reading a cluster."""
 
 import os
 import time
@@ -8,7 +8,7 @@ import pytest
 from fake_dashboard import fake_dashboard
 from helpers import silent_port
 
-from modelserve import cluster, localhead, raycompat
+from modelserve import address, cluster, localhead, raycompat
 from modelserve.node import free_port
 from modelserve.serve_settings import ServeSettings
 
@@ -18,19 +18,19 @@ def settings(**values: object) -> ServeSettings:
 
 
 def test_a_dashboard_url_is_used_as_given(tmp_path: Path) -> None:
-    assert cluster.resolve_dashboard(settings(address="http://head:8265/"), tmp_path, start=False) == "http://head:8265"
+    assert address.resolve_dashboard(settings(address="http://head:8265/"), tmp_path, start=False) == "http://head:8265"
 
 
 def test_auto_follows_ray_address(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", "http://elsewhere:8265")
-    assert cluster.resolve_dashboard(settings(), tmp_path, start=False) == "http://elsewhere:8265"
+    assert address.resolve_dashboard(settings(), tmp_path, start=False) == "http://elsewhere:8265"
 
 
 def test_local_without_a_cluster_is_none_unless_it_may_start_one(tmp_path: Path) -> None:
     local = settings(address="local", dashboard_port=free_port())
-    assert cluster.resolve_dashboard(local, tmp_path, start=False) is None
+    assert address.resolve_dashboard(local, tmp_path, start=False) is None
     with pytest.raises(AssertionError, match="must not start"):  # the unit tier forbids starting Ray
-        cluster.resolve_dashboard(local, tmp_path, start=True)
+        address.resolve_dashboard(local, tmp_path, start=True)
 
 
 def test_the_token_is_used_when_one_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,7 +48,7 @@ def test_a_gcs_address_where_nothing_listens_fails_at_once(tmp_path: Path) -> No
     dead = f"127.0.0.1:{free_port()}"
     began = time.monotonic()
     with pytest.raises(cluster.ClusterError) as caught:
-        cluster.resolve_dashboard(settings(address=dead), tmp_path, start=False, connect_timeout_s=3)
+        address.resolve_dashboard(settings(address=dead), tmp_path, start=False, connect_timeout_s=3)
     assert time.monotonic() - began < 2  # a TCP connect refused: no Ray code runs
     message = str(caught.value)
     assert f"cannot reach the Ray cluster at {dead}: nothing accepts connections there" in message
@@ -61,7 +61,7 @@ def test_a_gcs_port_that_never_answers_fails_within_the_timeout(tmp_path: Path) 
     with silent_port() as port:
         began = time.monotonic()
         with pytest.raises(cluster.ClusterError, match=f"the Ray cluster at 127.0.0.1:{port} did not answer"):
-            cluster.resolve_dashboard(settings(address=f"127.0.0.1:{port}"), tmp_path, start=False, connect_timeout_s=1)
+            address.resolve_dashboard(settings(address=f"127.0.0.1:{port}"), tmp_path, start=False, connect_timeout_s=1)
         took = time.monotonic() - began
     print(f"a silent GCS port: gave up after {took:.1f} s (connect timeout 1 s)")
     assert took < 1 + 1  # the child's start is within the timeout: 1 s, and this test's own overhead
@@ -116,14 +116,14 @@ def test_local_never_takes_another_project_s_local_cluster(tmp_path: Path) -> No
         local = settings(address="local", dashboard_port=int(fake.url.rpartition(":")[2]))
         fake.head_labels = {raycompat.PROJECT_LABEL: localhead.project_id(theirs)}
         with pytest.raises(cluster.ClusterError) as caught:
-            cluster.resolve_dashboard(local, mine, start=True)
+            address.resolve_dashboard(local, mine, start=True)
         message = str(caught.value)
         assert "is the local cluster of another project on this host" in message, message
         assert f"/tmp/ray-{localhead.project_id(theirs)}" in message and f"address = {fake.url}" in message
-        assert cluster.resolve_dashboard(local, mine, start=False, stage="grey") == fake.url  # a stage beside it
-        assert cluster.resolve_dashboard(local, theirs, start=False) == fake.url  # its own project's
+        assert address.resolve_dashboard(local, mine, start=False, stage="grey") == fake.url  # a stage beside it
+        assert address.resolve_dashboard(local, theirs, start=False) == fake.url  # its own project's
         fake.head_labels = {}  # a cluster started by hand or by modelserve.node: anyone's
-        assert cluster.resolve_dashboard(local, mine, start=False) == fake.url
-        address = settings(address=fake.url)  # named on purpose
+        assert address.resolve_dashboard(local, mine, start=False) == fake.url
+        named = settings(address=fake.url)  # named on purpose
         fake.head_labels = {raycompat.PROJECT_LABEL: localhead.project_id(theirs)}
-        assert cluster.resolve_dashboard(address, mine, start=False) == fake.url
+        assert address.resolve_dashboard(named, mine, start=False) == fake.url

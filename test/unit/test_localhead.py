@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from modelserve import localhead
-from modelserve.cluster import ClusterError, resolve_dashboard
+from modelserve.address import resolve_dashboard
+from modelserve.cluster import ClusterError
 from modelserve.node import free_port
 from modelserve.serve_settings import ServeSettings
 
